@@ -121,7 +121,7 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
     """The contract's Arrow table: ratings become a struct with one float field per aspect."""
     df = frame(df)
     aspects = rating_aspects(df)
-    ratings_type = pa.struct([(a, pa.float64()) for a in aspects]) if aspects else pa.struct([])
+    ratings_type = pa.struct([(a, pa.float64()) for a in aspects]) if aspects else pa.null()  # Parquet cannot store an empty struct
     fields, arrays = [], []
     for col in df.columns:
         values = df[col].tolist()
