@@ -1,0 +1,233 @@
+"""MLflow tracking and the model registry against a real `mlflow server` (SQLite backend), checked
+through its REST API: parent/nested runs, params/metrics/datasets, model versions, aliases, the
+promotion gate, idempotent re-registration, and failure + retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from fgpo_tasks.errors import FgpoError
+from fgpo_tasks.evaluate import EvalConfig, run_evaluate
+from fgpo_tasks.registry import CHALLENGER, CHAMPION, GateConfig, gate_decision, register_candidate
+from fgpo_tasks.tracking import Tracker, TrackingConfig, flatten, log_evaluation
+from mlflow_server import MlflowServer, build_policies
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # 2 shared cores: OpenMP threads fighting other jobs cost 100x on tiny models
+
+MODEL = "fgpo-test-policy"
+GATE = GateConfig(min_win_rate=0.55, max_aspect_regression=0.05)
+# Fail fast in tests: no retries, short timeout; system metrics sampled quickly.
+FAST = TrackingConfig(experiment_name="fgpo-tests", retries=0, backoff_s=0.1, http_timeout_s=10,
+                      system_metrics_interval_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory):
+    return build_policies(tmp_path_factory.mktemp("policies"))
+
+
+def evaluate(candidate, baseline, out, created_at):
+    config = EvalConfig(n_prompts=4, max_new_tokens=6, batch_size=4, bootstrap_samples=100,
+                        eval_models={"correctness": ["rule:correctness"], "conciseness": ["rule:conciseness"]})
+    run_evaluate(candidate, baseline, out, config, created_at)
+    return out
+
+
+def alias_version(server, alias):
+    answer = server.rest("registered-models/alias", name=MODEL, alias=alias)
+    return answer.get("model_version", {}).get("version")
+
+
+def versions(server):
+    return server.rest("model-versions/search", filter=f"name='{MODEL}'").get("model_versions", [])
+
+
+def run_data(server, run_id):
+    data = server.rest("runs/get", run_id=run_id)["run"]["data"]
+    return ({m["key"]: m["value"] for m in data.get("metrics", [])},
+            {p["key"]: p["value"] for p in data.get("params", [])},
+            {t["key"]: t["value"] for t in data.get("tags", [])})
+
+
+# -- pure pieces ---------------------------------------------------------------------------------
+
+def _results(overall, aspects, baseline_fp="b" * 64):
+    return {"baseline": {"path": "/base", "fingerprint": baseline_fp},
+            "overall": {"win_rate": overall, "lc_win_rate": overall},
+            "aspects": {a: {"win_rate": v, "lc_win_rate": v} for a, v in aspects.items()}}
+
+
+def test_gate_decision_cases():
+    gate = GateConfig(min_win_rate=0.55, max_aspect_regression=0.05)
+    ok, reason = gate_decision(_results(0.6, {"a": 0.7, "b": 0.5}), gate, None)
+    assert ok and "no champion yet" in reason
+    ok, reason = gate_decision(_results(0.6, {"a": 0.8, "b": 0.44}), gate, {"version": "1", "fingerprint": "b" * 64})
+    assert not ok and "'b'" in reason and "0.440 < 0.450" in reason
+    ok, reason = gate_decision(_results(0.5, {"a": 0.5}), gate, None)
+    assert not ok and "0.500 < min_win_rate 0.550" in reason
+    # evaluated against something other than the champion: no promotion
+    ok, reason = gate_decision(_results(0.9, {"a": 0.9}), gate, {"version": "3", "fingerprint": "c" * 64})
+    assert not ok and "current champion is version 3" in reason
+
+
+def test_flatten_gives_stable_param_names():
+    flat = flatten({"n": 3, "models": {"a@b": ["x"]}, "none": None}, "evaluate")
+    assert flat == {"evaluate.n": "3", "evaluate.models.a_b": '["x"]', "evaluate.none": "None"}
+
+
+# -- against the server --------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_parent_run_is_resumed_and_stages_nest(server, tmp_path, created_at):
+    from fgpo_tasks.contract import frame, write_pairs
+    from fgpo_tasks.synthetic import SyntheticConfig, generate
+
+    pairs = tmp_path / "pairs"
+    manifest = write_pairs(frame(generate(SyntheticConfig(n_pairs=12))), pairs, stage="ingest",
+                           config=None, created_at=created_at)
+    first = Tracker("run-resume", FAST, tracking_uri=server.uri)
+    with first.stage("select") as run:
+        run.log_config({"budget": 0.3, "strategy": "pd"})
+        run.log_dataset(pairs, context="training")
+        curve = run.metrics_callback("dpo")
+        for step in range(3):
+            curve(step, {"loss": 1.0 - 0.1 * step})
+    again = Tracker("run-resume", FAST, tracking_uri=server.uri)
+    assert again.parent_run_id == first.parent_run_id
+    assert again.child_run("select") == run.run_id
+
+    got = server.rest("runs/get", run_id=run.run_id)["run"]
+    tags = {t["key"]: t["value"] for t in got["data"]["tags"]}
+    assert tags["mlflow.parentRunId"] == first.parent_run_id and got["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in got["data"]["params"]}
+    assert params == {"select.budget": "0.3", "select.strategy": "pd"}
+    (dataset,) = got["inputs"]["dataset_inputs"]
+    assert dataset["dataset"]["digest"] == manifest["fingerprint"][:36]
+    history = server.rest("metrics/get-history", run_id=run.run_id, metric_key="dpo.loss")["metrics"]
+    assert [(m["step"], round(m["value"], 6)) for m in history] == [(0, 1.0), (1, 0.9), (2, 0.8)]
+
+
+@pytest.mark.integration
+def test_evaluate_register_gate_and_idempotence(server, policies, tmp_path, created_at):
+    # 1. 'good' against the reference model, no champion yet: promoted.
+    ev1 = evaluate(policies["good"], policies["ref"], tmp_path / "ev1", created_at)
+    tracker = Tracker("run-a", FAST, tracking_uri=server.uri)
+    log_evaluation(tracker, ev1)
+    first = register_candidate(policies["good"], ev1, tracking_uri=server.uri, model_name=MODEL,
+                               run_key="run-a", gate=GATE, tags={"strategy": "pd", "budget": 0.3},
+                               tracking=FAST)
+    assert first["promoted"] and first["created"]
+    assert alias_version(server, CHAMPION) == alias_version(server, CHALLENGER) == first["version"]
+    (mv,) = versions(server)
+    mv_tags = {t["key"]: t["value"] for t in mv["tags"]}
+    assert mv_tags["fgpo.run_key"] == "run-a" and mv_tags["fgpo.strategy"] == "pd"
+    assert mv_tags["fgpo.budget"] == "0.3" and mv_tags["fgpo.gate.passed"] == "true"
+    assert {"fgpo.data_fingerprint", "fgpo.code_version"} <= set(mv_tags)
+    metrics, _, tags = run_data(server, first["run_id"])
+    assert metrics["eval.conciseness.win_rate"] == 1.0 and metrics["eval.overall.win_rate"] == 0.75
+    assert "eval.conciseness.lc_win_rate" in metrics and tags["fgpo.gate.passed"] == "true"
+    eval_run = tracker.child_run("evaluate")
+    _, eval_params, _ = run_data(server, eval_run)
+    assert eval_params["evaluate.n_prompts"] == "4"
+    arts = server.rest("artifacts/list", run_id=eval_run, path="evaluation/plots")
+    assert {f["path"] for f in arts["files"]} == {"evaluation/plots/correctness.png",
+                                                  "evaluation/plots/conciseness.png"}
+
+    # 2. 'bad' against the champion: loses conciseness, gets only challenger; the run says why.
+    ev2 = evaluate(policies["bad"], policies["good"], tmp_path / "ev2", created_at)
+    second = register_candidate(policies["bad"], ev2, tracking_uri=server.uri, model_name=MODEL,
+                                run_key="run-b", gate=GATE, tags={"strategy": "random", "budget": 0.3},
+                                tracking=FAST)
+    assert not second["promoted"] and "conciseness" in second["reason"]
+    assert alias_version(server, CHAMPION) == first["version"]
+    assert alias_version(server, CHALLENGER) == second["version"] != first["version"]
+    _, _, tags = run_data(server, second["run_id"])
+    assert tags["fgpo.gate.passed"] == "false" and "conciseness" in tags["fgpo.gate.reason"]
+    register_run = Tracker("run-b", FAST, tracking_uri=server.uri).child_run("register")
+    arts = server.rest("artifacts/list", run_id=register_run)
+    assert "gate.json" in {f["path"] for f in arts["files"]}
+    metrics, params, _ = run_data(server, register_run)
+    assert metrics["register.promoted"] == 0.0 and params["register.min_win_rate"] == "0.55"
+    assert any(k.startswith("system/cpu") for k in metrics)  # system metrics of the stage
+
+    # 3. registering run-b again creates nothing new and changes no alias.
+    again = register_candidate(policies["bad"], ev2, tracking_uri=server.uri, model_name=MODEL,
+                               run_key="run-b", gate=GATE, tracking=FAST)
+    assert again["version"] == second["version"] and not again["created"] and not again["promoted"]
+    assert len(versions(server)) == 2
+    assert alias_version(server, CHAMPION) == first["version"]
+
+    # 4. evaluated against the reference, not the champion: the gate refuses, whatever the figures.
+    ev3 = evaluate(policies["good"], policies["ref"], tmp_path / "ev3", created_at)
+    third = register_candidate(policies["good"], ev3, tracking_uri=server.uri, model_name=MODEL,
+                               run_key="run-c", gate=GATE, tracking=FAST)
+    assert not third["promoted"] and "evaluate against the champion" in third["reason"]
+
+
+@pytest.mark.integration
+def test_failures_leave_nothing_half_registered(server, policies, tmp_path, created_at, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ev = evaluate(policies["bad"], policies["good"], tmp_path / "ev", created_at)
+    n_before = len(versions(server))
+
+    # The server dies: a readable error naming the tracking URI.
+    server.stop()
+    try:
+        with pytest.raises(FgpoError) as e:
+            register_candidate(policies["bad"], ev, tracking_uri=server.uri, model_name=MODEL,
+                               run_key="run-down", gate=GATE, tracking=FAST)
+        assert server.uri in str(e.value) and "unreachable" in str(e.value)
+    finally:
+        server.start()
+
+    # Back up, but setting an alias fails after the version was created: error, then a retry
+    # finishes the same version (no second one) and sets the aliases.
+    def broken(*args, **kwargs):
+        raise MlflowException("simulated outage", error_code="TEMPORARILY_UNAVAILABLE")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", broken)
+    with pytest.raises(FgpoError, match=server.uri):
+        register_candidate(policies["bad"], ev, tracking_uri=server.uri, model_name=MODEL,
+                           run_key="run-down", gate=GATE, tracking=FAST)
+    monkeypatch.undo()
+    half = [v for v in versions(server) if {"key": "fgpo.run_key", "value": "run-down"} in v.get("tags", [])]
+    assert len(half) == 1 and "fgpo.gate.passed" not in {t["key"] for t in half[0]["tags"]}
+
+    done = register_candidate(policies["bad"], ev, tracking_uri=server.uri, model_name=MODEL,
+                              run_key="run-down", gate=GATE, tracking=FAST)
+    assert done["version"] == half[0]["version"] and len(versions(server)) == n_before + 1
+    assert alias_version(server, CHALLENGER) == done["version"]
+    tags = {t["key"]: t["value"] for t in server.rest("model-versions/get", name=MODEL,
+                                                      version=done["version"])["model_version"]["tags"]}
+    assert tags["fgpo.gate.passed"] == "false"
+
+
+@pytest.mark.integration
+def test_register_cli_and_bad_uri(server, policies, tmp_path, created_at, capsys):
+    from fgpo_tasks.cli import main
+
+    ev = evaluate(policies["ref"], policies["ref"], tmp_path / "ev", created_at)
+    cfg = tmp_path / "reg.yaml"
+    cfg.write_text("register:\n  model_name: cli-model\n  min_win_rate: 0.5\n")
+    args = ["register", "--model", str(policies["ref"]), "--eval", str(ev), "--run-key", "cli-run",
+            "--config", str(cfg), "--tracking-uri", server.uri, "--experiment", "fgpo-tests",
+            "--strategy", "all", "--budget", "1.0"]
+    assert main(args) == 0
+    answer = server.rest("registered-models/alias", name="cli-model", alias=CHAMPION)
+    assert answer["model_version"]["version"] == "1"  # identical to the reference: ties, 0.5 >= 0.5
+    # nothing listens there: exit code 2, one line naming the URI
+    dead = ["register", "--model", str(policies["ref"]), "--eval", str(ev), "--run-key", "cli-run",
+            "--tracking-uri", "http://127.0.0.1:9", "--retries", "0"]
+    capsys.readouterr()
+    assert main(dead) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "http://127.0.0.1:9" in err[0]
