@@ -1,0 +1,134 @@
+"""
+### fgpo_retrain: align a policy on the fine-grained preference pairs PD selects
+
+`ingest -> validate -> train_reward_model (mapped: one per aspect validate found) -> score_pd
+-> select -> train_dpo -> evaluate -> register`
+
+Each task calls one step of `fgpo_tasks.pipeline` with plain values (the run's params, the DAG
+run id as run key, the run's logical date / run_after as timestamp, the upstream URIs). Steps write
+under `<storage root>/runs/<run id>/` and commit atomically: a retried or cleared task returns the
+finished result instead of redoing it. XCom carries URIs and small dicts only.
+
+**Trigger** by hand with the form (profile plus overrides), or let it run when `fgpo_ingest`
+reports new annotation batches (asset `fgpo_annotation_batches`): such a run trains on every
+landed batch; the scoring cache scores only the new pairs.
+
+**Deployment settings** (connection `fgpo_mlflow`, Variables `fgpo_storage_root`,
+`fgpo_mlflow_ui_url`) are resolved by the `fgpo_airflow` plugin. GPU-heavy tasks run in pool
+`fgpo_gpu` on Celery queue `gpu`. Each task links to its MLflow run ("MLflow run" button); a
+failing task logs its stage and its MLflow run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import dag, task
+from fgpo_airflow.assets import ANNOTATION_BATCHES, REGISTERED_MODEL
+from fgpo_airflow.callbacks import on_stage_failure, on_stage_retry
+from fgpo_airflow.decorators import fgpo_step
+from fgpo_airflow.params import retrain_params
+from fgpo_airflow.retry import DEFAULT_RETRY_POLICY
+from fgpo_airflow.settings import GPU_POOL, GPU_QUEUE, step_run
+
+GPU = {"pool": GPU_POOL, "queue": GPU_QUEUE}
+
+
+@dag(
+    dag_id="fgpo_retrain",
+    schedule=[ANNOTATION_BATCHES],
+    start_date=None,
+    catchup=False,
+    max_active_runs=1,  # runs share the GPU pool and promote to the same registered model
+    params=retrain_params(),
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "retry_policy": DEFAULT_RETRY_POLICY,
+        "on_failure_callback": on_stage_failure,
+        "on_retry_callback": on_stage_retry,
+    },
+    tags=["fgpo"],
+    doc_md=__doc__,
+)
+def fgpo_retrain():
+    @fgpo_step
+    def ingest() -> dict:
+        from fgpo_tasks.pipeline import step_ingest
+
+        run = step_run()
+        return step_ingest(run.params, run.run_key, run.created_at)
+
+    @fgpo_step
+    def validate(ingested: dict) -> dict:
+        from fgpo_tasks.pipeline import step_validate
+
+        run = step_run()
+        return step_validate(run.params, run.run_key, run.created_at, data=ingested["data"])
+
+    @task
+    def aspects(validated: dict) -> list[str]:
+        """The list to map over (Airflow maps only over a task's whole return value)."""
+        return list(validated["aspects"])
+
+    @fgpo_step(**GPU)
+    def train_reward_model(validated: dict, aspect: str) -> dict:
+        from fgpo_tasks.pipeline import step_reward_model
+
+        run = step_run()
+        return step_reward_model(run.params, run.run_key, run.created_at, data=validated["data"],
+                                 aspect=aspect)
+
+    @fgpo_step(**GPU)
+    def score_pd(validated: dict, reward_models: list[dict]) -> dict:
+        from fgpo_tasks.pipeline import step_score
+
+        run = step_run()
+        return step_score(run.params, run.run_key, run.created_at, data=validated["data"],
+                          reward_models=list(reward_models))
+
+    @fgpo_step
+    def select(validated: dict, scored: dict) -> dict:
+        from fgpo_tasks.pipeline import step_select
+
+        run = step_run()
+        return step_select(run.params, run.run_key, run.created_at, data=validated["data"],
+                           scores=scored["scores"])
+
+    @fgpo_step(**GPU)
+    def train_dpo(selected: dict, scored: dict) -> dict:
+        from fgpo_tasks.pipeline import step_train_dpo
+
+        run = step_run()
+        return step_train_dpo(run.params, run.run_key, run.created_at, data=selected["data"],
+                              scores=scored["scores"])
+
+    @fgpo_step(**GPU)
+    def evaluate(trained: dict) -> dict:
+        from fgpo_tasks.pipeline import step_evaluate
+
+        run = step_run()
+        return step_evaluate(run.params, run.run_key, run.created_at, model=trained["model"])
+
+    @fgpo_step(outlets=[REGISTERED_MODEL])
+    def register(trained: dict, evaluation: dict, *, outlet_events=None) -> dict:
+        from fgpo_tasks.pipeline import step_register
+
+        run = step_run()
+        result = step_register(run.params, run.run_key, run.created_at, model=trained["model"],
+                               evaluation=evaluation)
+        outlet_events[REGISTERED_MODEL].extra = {
+            k: result.get(k) for k in ("model_name", "version", "aliases", "promoted")}
+        return result
+
+    validated = validate(ingest())
+    reward_models = train_reward_model.partial(validated=validated).expand(aspect=aspects(validated))
+    scored = score_pd(validated=validated, reward_models=reward_models)
+    selected = select(validated=validated, scored=scored)
+    trained = train_dpo(selected=selected, scored=scored)
+    register(trained=trained, evaluation=evaluate(trained))
+
+
+fgpo_retrain()

@@ -1,0 +1,14 @@
+"""Retry policy of fgpo tasks: retry infrastructure failures, not user errors."""
+
+from __future__ import annotations
+
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+
+# fgpo_tasks raises FgpoError (ConfigError, InputError) for bad params or bad data: a retry would
+# fail the same way, so fail at once. Anything else (a lost worker, an MLflow hiccup, OOM on a
+# shared GPU) gets the task's retries with exponential backoff. A dotted path, not the class:
+# the DAG file must not import fgpo_tasks at parse time.
+DEFAULT_RETRY_POLICY = ExceptionRetryPolicy(rules=[
+    RetryRule(exception="fgpo_tasks.errors.FgpoError", action=RetryAction.FAIL,
+              reason="fgpo user error (bad params or data): fix it and clear the task"),
+])

@@ -1,0 +1,145 @@
+"""Deployment settings resolved at the Airflow edge and handed to fgpo_tasks as plain values.
+
+Where each setting comes from (first match wins; call these inside tasks only, never at parse
+time: a lookup may reach the metadata database or the API server):
+
+- MLflow tracking URI: connection ``fgpo_mlflow`` (``extra.tracking_uri`` verbatim, else
+  ``http(s)://host:port/schema``), else ``$MLFLOW_TRACKING_URI``, else fgpo_tasks' default
+  (SQLite under the work folder).
+- MLflow UI address for links: Variable ``fgpo_mlflow_ui_url``, else the tracking URI when it is
+  http(s), else http://127.0.0.1:5000 (where ``mlflow ui`` listens by default).
+- Storage root of run artifacts: Variable ``fgpo_storage_root``, else fgpo_tasks' default.
+- Annotation landing folder and its ingest format: Variables ``fgpo_landing_dir`` and
+  ``fgpo_landing_format``.
+
+Variables and connections can also come from the environment
+(``AIRFLOW_VAR_FGPO_STORAGE_ROOT``, ``AIRFLOW_CONN_FGPO_MLFLOW``), as docker-compose.yaml does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GPU_POOL = "fgpo_gpu"  # created by the compose init job (`airflow pools set fgpo_gpu N ...`)
+GPU_QUEUE = "gpu"  # the Celery worker that reserves a GPU listens on this queue
+MLFLOW_CONN_ID = "fgpo_mlflow"
+MLFLOW_UI_VAR = "fgpo_mlflow_ui_url"
+STORAGE_ROOT_VAR = "fgpo_storage_root"
+LANDING_DIR_VAR = "fgpo_landing_dir"
+LANDING_FORMAT_VAR = "fgpo_landing_format"
+DEFAULT_LANDING_FORMAT = "rated-responses"
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def _variable(key: str) -> str | None:
+    from airflow.sdk import Variable
+
+    value = Variable.get(key, default=None)
+    return value or None
+
+
+def connection_tracking_uri(conn: Any) -> str:
+    """The tracking URI a connection describes: ``extra.tracking_uri``, else an http(s) URL."""
+    extra = conn.extra_dejson or {}
+    if extra.get("tracking_uri"):
+        return str(extra["tracking_uri"])
+    scheme = conn.conn_type if conn.conn_type in ("http", "https") else "http"
+    if not conn.host:
+        raise ValueError(f"connection {conn.conn_id!r} has no host and no extra.tracking_uri")
+    port = f":{conn.port}" if conn.port else ""
+    path = f"/{conn.schema.strip('/')}" if conn.schema else ""
+    return f"{scheme}://{conn.host}{port}{path}"
+
+
+def tracking_uri() -> str | None:
+    """The MLflow tracking URI, or None to let fgpo_tasks pick its local default."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return connection_tracking_uri(Connection.get(MLFLOW_CONN_ID))
+    except AirflowNotFoundException:
+        return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def storage_root() -> str | None:
+    return _variable(STORAGE_ROOT_VAR)
+
+
+def landing() -> tuple[str, str]:
+    """(landing folder, its ingest format); a clear error when the folder is not configured."""
+    folder = _variable(LANDING_DIR_VAR)
+    if not folder:
+        raise ValueError(f"Variable {LANDING_DIR_VAR!r} is not set: set it to the folder where "
+                         "annotation batch files land (e.g. AIRFLOW_VAR_FGPO_LANDING_DIR)")
+    return folder, _variable(LANDING_FORMAT_VAR) or DEFAULT_LANDING_FORMAT
+
+
+def mlflow_ui_base(tracking: str | None) -> str:
+    ui = _variable(MLFLOW_UI_VAR)
+    if ui:
+        return ui.rstrip("/")
+    for uri in (tracking, os.environ.get("MLFLOW_TRACKING_URI")):
+        if uri and uri.startswith(("http://", "https://")):
+            return uri.rstrip("/")
+    return DEFAULT_MLFLOW_UI
+
+
+def mlflow_run_url(ui_base: str, run_id: str) -> str:
+    # The MLflow UI resolves /#/runs/<id> to the run's page without the experiment id.
+    return f"{ui_base.rstrip('/')}/#/runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What every fgpo step receives besides its input URIs."""
+
+    params: dict
+    run_key: str
+    created_at: str
+
+
+def step_run(context: Any = None) -> StepRun:
+    """The running task's params (with deployment settings and any triggering annotation batches
+    applied), run key (the DAG run id) and timestamp (the run's logical date, else run_after)."""
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    params = dict(context["params"])
+    batches = latest_annotation_event(context)
+    if batches:
+        # A run triggered by new annotations trains on every landed batch (the union);
+        # fgpo_tasks' scoring cache makes only the new pairs cost scoring time.
+        params["source"] = list(batches["batches"])
+        params["format"] = [batches["format"]]
+        log.info("triggered by annotation batches: %d landed, %d new", len(batches["batches"]),
+                 len(batches.get("new", [])))
+    for key, value in (("tracking_uri", tracking_uri()), ("storage_root", storage_root())):
+        if value and not params.get(key):
+            params[key] = value
+    dag_run = context["dag_run"]
+    when = dag_run.logical_date or dag_run.run_after
+    return StepRun(params=params, run_key=context["run_id"], created_at=when.isoformat())
+
+
+def latest_annotation_event(context: Any) -> dict | None:
+    """The extra of the newest ANNOTATION_BATCHES event that triggered this run, if any.
+
+    Each event lists every landed batch, so the newest one covers the events queued before it."""
+    from fgpo_airflow.assets import ANNOTATION_BATCHES
+
+    events = context.get("triggering_asset_events") or {}
+    try:
+        matching = list(events[ANNOTATION_BATCHES])
+    except KeyError:
+        return None
+    matching = [e for e in matching if (e.extra or {}).get("batches")]
+    if not matching:
+        return None
+    return dict(max(matching, key=lambda e: e.timestamp).extra)

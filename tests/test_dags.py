@@ -1,0 +1,265 @@
+"""The Airflow wiring: DAGs parse cleanly and cheaply, the graph is the pipeline, the plugin's
+link / callbacks / settings do their job. Stage code is stubbed here (tests/airflow_harness.py);
+the end-to-end run on real stages is elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HARNESS = REPO / "tests" / "airflow_harness.py"
+GPU_TASKS = {"train_reward_model", "score_pd", "train_dpo", "evaluate"}
+STEP_TASKS = {"ingest", "validate", "train_reward_model", "score_pd", "select", "train_dpo", "evaluate",
+              "register"}
+EDGES = {  # task -> its upstream tasks
+    "ingest": [], "validate": ["ingest"], "aspects": ["validate"],
+    "train_reward_model": ["aspects", "validate"], "score_pd": ["train_reward_model", "validate"],
+    "select": ["score_pd", "validate"], "train_dpo": ["score_pd", "select"], "evaluate": ["train_dpo"],
+    "register": ["evaluate", "train_dpo"],
+}
+
+sys.path.insert(0, str(REPO / "plugins"))  # as Airflow does for its plugins folder
+
+
+def airflow_env(home: Path, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))}
+    env.update({
+        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+    })
+    return env
+
+
+def harness(command: str, env: dict[str, str], timeout: int = 150) -> dict:
+    proc = subprocess.run([sys.executable, str(HARNESS), command], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("HARNESS-REPORT:")]
+    assert proc.returncode == 0 and lines, f"harness {command} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    report = json.loads(lines[-1].split(":", 1)[1])
+    report["log"] = proc.stdout + proc.stderr
+    return report
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory) -> dict:
+    # A PostgreSQL URL on a closed port: any database connection during parsing would show up.
+    home = tmp_path_factory.mktemp("airflow-parse")
+    return harness("parse", airflow_env(home, "postgresql+psycopg2://nobody@127.0.0.1:9/nodb"))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-run")
+    (home / "landing").mkdir()
+    env = airflow_env(home, f"sqlite:///{home / 'airflow.db'}")
+    env.update({
+        "AIRFLOW_CONN_FGPO_MLFLOW": "http://127.0.0.1:9",  # closed port: the callback's lookup fails fast
+        "AIRFLOW_VAR_FGPO_MLFLOW_UI_URL": "http://mlflow.example:5000",
+        "AIRFLOW_VAR_FGPO_STORAGE_ROOT": str(home / "storage"),
+        "AIRFLOW_VAR_FGPO_LANDING_DIR": str(home / "landing"),
+        "AIRFLOW_VAR_FGPO_LANDING_FORMAT": "trl",
+    })
+    report = harness("run", env)
+    report["home"] = str(home)
+    return report
+
+
+# ------------------------------------------------------------------------------ parsing
+
+def test_every_dag_imports_without_error(parsed):
+    assert parsed["import_errors"] == {}
+    assert set(parsed["dags"]) == {"fgpo_retrain", "fgpo_ingest"}
+    assert all(d["doc"] for d in parsed["dags"].values())
+
+
+def test_parsing_opens_no_connection_and_imports_nothing_heavy(parsed):
+    assert parsed["connections"] == []
+    assert parsed["heavy_modules"] == []
+
+
+def test_fgpo_tasks_never_imports_airflow():
+    code = ("import importlib, pkgutil, sys, fgpo_tasks\n"
+            "names = [m.name for m in pkgutil.walk_packages(fgpo_tasks.__path__, 'fgpo_tasks.')]\n"
+            "[importlib.import_module(n) for n in names]\n"
+            "print(len(names), sorted(m for m in sys.modules if m.split('.')[0] == 'airflow'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, airflow_modules = proc.stdout.strip().split(" ", 1)
+    assert int(count) >= 10 and airflow_modules == "[]"
+
+
+def test_retrain_graph_is_the_pipeline(parsed):
+    dag = parsed["dags"]["fgpo_retrain"]
+    assert {t: info["upstream"] for t, info in dag["tasks"].items()} == EDGES
+    assert dag["schedule"] == ["fgpo_annotation_batches"]
+    assert dag["max_active_runs"] == 1
+    assert dag["tasks"]["register"]["outlets"] == ["fgpo_registered_model"]
+
+
+def test_reward_models_are_mapped_over_the_aspects(parsed):
+    tasks = parsed["dags"]["fgpo_retrain"]["tasks"]
+    mapped = [t for t, info in tasks.items() if info["mapped"]]
+    assert mapped == ["train_reward_model"]
+    assert tasks["train_reward_model"]["expand"] == {"aspect": "aspects"}
+    assert tasks["train_reward_model"]["partial"] == ["validated"]
+
+
+def test_gpu_pool_retries_callbacks_and_links(parsed):
+    tasks = parsed["dags"]["fgpo_retrain"]["tasks"]
+    for task_id, info in tasks.items():
+        in_gpu = task_id in GPU_TASKS
+        assert (info["pool"], info["queue"]) == (("fgpo_gpu", "gpu") if in_gpu else ("default_pool", "default")), task_id
+        assert info["retries"] >= 1 and info["retry_exponential_backoff"] > 1, task_id
+        assert info["retry_policy"] == "ExceptionRetryPolicy", task_id
+        assert info["on_failure_callback"] == ["on_stage_failure"], task_id
+        assert info["on_retry_callback"] == ["on_stage_retry"], task_id
+        assert info["links"] == (["MLflow run"] if task_id in STEP_TASKS else []), task_id
+        assert info["operator"] == ("FgpoStepOperator" if task_id in STEP_TASKS else "_PythonDecoratedOperator")
+    plugin = parsed["plugins"]["fgpo_airflow"]
+    assert plugin["source"].endswith("fgpo_airflow_plugin.py")
+    assert any("MlflowRunLink" in link for link in plugin["operator_extra_links"])
+    assert parsed["plugin_import_errors"] == {} and parsed["stray_plugin_modules"] == []
+
+
+def test_params_are_typed_documented_and_accepted_by_the_pipeline(parsed):
+    from fgpo_tasks import pipeline
+    from fgpo_tasks.ingest.config import FORMATS
+
+    params = parsed["dags"]["fgpo_retrain"]["params"]
+    for name, p in params.items():
+        assert p["description"] and len(p["description"]) > 20, name
+        assert p["schema"].get("type") and p["schema"].get("title"), name
+    fields = {f.name for f in pipeline.PipelineConfig.__dataclass_fields__.values()}
+    assert set(params) <= fields
+    assert params["strategy"]["schema"]["enum"] == [None, *pipeline.STRATEGIES]
+    assert params["format"]["schema"]["items"]["enum"] == list(FORMATS)
+    assert params["profile"]["schema"]["enum"] == ["demo", "helpsteer2"]
+    assert params["budget"]["schema"]["exclusiveMinimum"] == 0 and params["budget"]["schema"]["maximum"] == 1
+    # The form's defaults make a valid config, and a form value overrides the profile.
+    defaults = {k: p["default"] for k, p in params.items()}
+    assert pipeline.pipeline_config(defaults).profile == "demo"
+    cfg = pipeline.pipeline_config({**defaults, "strategy": "random", "budget": 0.25, "source": ["a.jsonl"]})
+    assert (cfg.strategy, cfg.budget, cfg.source) == ("random", 0.25, ["a.jsonl"])
+
+
+# ------------------------------------------------------------------------------ running (stub stages)
+
+def test_retrain_run_passes_uris_keys_and_settings_along(ran):
+    run = ran["ok"]
+    assert run["state"] == "success"
+    calls = run["calls"]
+    steps = [c["step"] for c in calls]
+    assert steps == ["ingest", "validate", "reward_model", "reward_model", "reward_model", "score", "select",
+                     "train_dpo", "evaluate", "register"]
+    # One reward-model task instance per aspect validate returned.
+    assert sorted(c["inputs"]["aspect"] for c in calls if c["step"] == "reward_model") == ["a1", "a2", "a3"]
+    assert {k: v for k, v in run["task_states"].items() if k.startswith("train_reward_model")} == {
+        f"train_reward_model[{i}]": ["success", 1] for i in range(3)}
+    by_step = {c["step"]: c for c in calls}
+    assert by_step["validate"]["inputs"] == {"data": "/store/ingest"}
+    assert [m["model"] for m in by_step["score"]["inputs"]["reward_models"]] == [f"/store/rm/a{i}" for i in (1, 2, 3)]
+    assert by_step["select"]["inputs"] == {"data": "/store/validate", "scores": "/store/scores"}
+    assert by_step["train_dpo"]["inputs"] == {"data": "/store/select", "scores": "/store/scores"}
+    assert by_step["register"]["inputs"]["model"] == "/store/dpo"
+    assert by_step["register"]["inputs"]["evaluation"]["win_rate"] == 0.6
+    for c in calls:  # run key = DAG run id; timestamp = the run's logical date, the same for every step
+        assert (c["run_key"], c["created_at"]) == (run["run_id"], run["logical_date"])
+        assert c["params"]["budget"] == 0.5 and c["params"]["strategy"] == "random"  # trigger conf
+        assert c["params"]["tracking_uri"] == "http://127.0.0.1:9"  # connection fgpo_mlflow
+        assert c["params"]["storage_root"] == str(Path(ran["home"]) / "storage")  # Variable
+
+
+def test_each_step_links_to_its_mlflow_run(ran):
+    links = ran["ok"]["links"]
+    assert links["train_reward_model[1]"] == "http://mlflow.example:5000/#/runs/reward_model-a2"
+    assert links["register"] == "http://mlflow.example:5000/#/runs/register-run"
+    assert len(links) == 10  # every step task instance, none for the glue task
+
+
+def test_register_emits_the_registered_model_event(ran):
+    assert ran["ok"]["events"] == [{"model_name": "fgpo-policy", "version": "3", "aliases": ["champion"],
+                                    "promoted": True}]
+
+
+def test_user_error_fails_at_once_and_the_callback_names_the_stage(ran):
+    run = ran["user_error"]
+    assert run["state"] == "failed"
+    assert run["task_states"]["validate"] == ["failed", 1]  # no retry of a ConfigError
+    assert run["task_states"]["register"][0] == "upstream_failed"
+    assert run["events"] == []
+    assert f"fgpo stage validate failed (dag run {run['run_id']}, try 1, no retries left)" in ran["log"]
+    assert "could not look up the MLflow runs" in ran["log"]  # server down: reported, not raised
+
+
+def test_ingest_emits_an_event_only_for_new_batches(ran):
+    first, idle, third = ran["ingest"]
+    landing = Path(ran["home"]) / "landing"
+    b1, b2, b3 = (str(landing / f"batch-00{i}.jsonl") for i in (1, 2, 3))
+    assert first["task_state"] == "success"
+    assert first["events"] == [{"landing_dir": str(landing), "format": "trl", "batches": [b1, b2], "new": [b1, b2]}]
+    assert idle["task_state"] == "skipped" and idle["events"] == []
+    assert third["events"][0]["batches"] == [b1, b2, b3] and third["events"][0]["new"] == [b3]
+
+
+# ------------------------------------------------------------------------------ plugin units
+
+def _event(extra: dict, minute: int):
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from fgpo_airflow.assets import ANNOTATION_BATCHES
+
+    return AssetEventDagRunReferenceResult(
+        asset={"name": ANNOTATION_BATCHES.name, "uri": ANNOTATION_BATCHES.uri, "extra": {}}, extra=extra,
+        source_task_id="detect_batches", source_dag_id="fgpo_ingest", source_run_id=f"r{minute}",
+        source_map_index=-1, source_aliases=[], timestamp=datetime(2026, 1, 1, 0, minute, tzinfo=timezone.utc))
+
+
+def test_asset_triggered_run_trains_on_every_landed_batch(monkeypatch):
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+    from fgpo_airflow import settings
+
+    monkeypatch.setattr(settings, "tracking_uri", lambda: "http://mlflow:5000")
+    monkeypatch.setattr(settings, "storage_root", lambda: None)
+    events = TriggeringAssetEventsAccessor.build([
+        _event({"format": "trl", "batches": ["/l/b1.jsonl", "/l/b2.jsonl"], "new": ["/l/b2.jsonl"]}, 7),
+        _event({"format": "trl", "batches": ["/l/b1.jsonl"], "new": ["/l/b1.jsonl"]}, 3),
+    ])
+    when = datetime(2026, 1, 1, 0, 8, tzinfo=timezone.utc)
+    context = {"params": {"profile": "demo", "source": None, "budget": 0.4}, "run_id": "asset_triggered__x",
+               "dag_run": type("DR", (), {"logical_date": None, "run_after": when})(),
+               "triggering_asset_events": events}
+    run = settings.step_run(context)
+    assert run.params["source"] == ["/l/b1.jsonl", "/l/b2.jsonl"]  # the newest event: the union
+    assert run.params["format"] == ["trl"] and run.params["budget"] == 0.4
+    assert run.params["tracking_uri"] == "http://mlflow:5000" and "storage_root" not in run.params
+    assert (run.run_key, run.created_at) == ("asset_triggered__x", when.isoformat())
+    manual = settings.step_run({**context, "triggering_asset_events": {}})
+    assert manual.params["source"] is None
+
+
+def test_connection_tracking_uri():
+    from airflow.sdk import Connection
+    from fgpo_airflow.settings import connection_tracking_uri
+
+    assert connection_tracking_uri(Connection.from_uri("http://mlflow:5000", conn_id="m")) == "http://mlflow:5000"
+    assert connection_tracking_uri(Connection(conn_id="m", conn_type="https", host="ml.example.org",
+                                              schema="tracking")) == "https://ml.example.org/tracking"
+    assert connection_tracking_uri(Connection(conn_id="m", conn_type="generic",
+                                              extra=json.dumps({"tracking_uri": "databricks"}))) == "databricks"
+
+
+def test_retry_policy_fails_user_errors_and_retries_the_rest():
+    from airflow.sdk.definitions.retry_policy import RetryAction
+    from fgpo_airflow.retry import DEFAULT_RETRY_POLICY
+    from fgpo_tasks.errors import ConfigError, InputError
+
+    for error in (ConfigError("budget must be in (0, 1]"), InputError("bad row", file="a.jsonl", line=3)):
+        assert DEFAULT_RETRY_POLICY.evaluate(error, 1, 3).action == RetryAction.FAIL
+    assert DEFAULT_RETRY_POLICY.evaluate(ConnectionError("worker lost"), 1, 3).action == RetryAction.DEFAULT
