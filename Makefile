@@ -23,7 +23,10 @@ venv: $(VENV)/.installed
 demo: venv
 	bash scripts/demo.sh
 
+# The integration tests start a throwaway PostgreSQL themselves; ci-services.sh installs Debian's
+# package when it is missing and we are root (else those tests skip, saying why).
 test: venv
+	bash scripts/ci-services.sh
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: venv

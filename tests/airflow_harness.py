@@ -2,6 +2,7 @@
 
     python tests/airflow_harness.py parse   # parse dags/: errors, modules, connections, structure
     python tests/airflow_harness.py run     # dag.test() both DAGs with a stub fgpo_tasks.pipeline
+    python tests/airflow_harness.py run-experiment   # dag.test() fgpo_experiment, stub fgpo_tasks.experiment
 
 The caller sets AIRFLOW_HOME, AIRFLOW__CORE__DAGS_FOLDER / PLUGINS_FOLDER and the database URL;
 ``run`` migrates the (empty) database first. A subprocess because Airflow reads its configuration once,
@@ -186,6 +187,54 @@ def run() -> dict:
     return report
 
 
+def _stub_experiment(calls: list, fail_arm: tuple) -> types.ModuleType:
+    """A stand-in fgpo_tasks.experiment: 2 pools x 2 seeds x 2 arms; one arm raises a user error."""
+    from fgpo_tasks.errors import ConfigError
+
+    mod = types.ModuleType("fgpo_tasks.experiment")
+
+    def load_experiment(path, **overrides):
+        calls.append({"fn": "load_experiment", "path": str(path), "overrides": overrides})
+        return types.SimpleNamespace(path=str(path), **overrides)
+
+    def unit(name):
+        def fn(cfg, key, *args):
+            *inputs, created_at = args
+            calls.append({"fn": name, "key": key, "inputs": inputs, "created_at": created_at})
+            if name == "run_arm" and tuple(inputs) == fail_arm:
+                raise ConfigError(f"stub: arm {inputs} rejects its config")
+            if name == "report":
+                done = [c for c in calls if c["fn"] == "run_arm" and tuple(c["inputs"]) != fail_arm]
+                return {"arms_run": len(done), "arms_planned": len(mod.arm_units(cfg))}
+            return {"unit": inputs, "mlflow_run_id": f"{name}-{'-'.join(map(str, inputs)) or 'run'}"}
+        return fn
+
+    mod.load_experiment = load_experiment
+    mod.pool_units = lambda cfg: [{"pool": p, "seed": s} for p in ("c10", "c30") for s in (0, 1)]
+    mod.arm_units = lambda cfg: [{**u, "arm": a} for u in mod.pool_units(cfg) for a in ("all", "pd")]
+    for name in ("prepare", "prepare_pool", "prepare_eval", "run_arm", "report"):
+        setattr(mod, name, unit(name))
+    return mod
+
+
+def run_experiment() -> dict:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+    from airflow.utils.session import create_session
+
+    db.upgradedb()
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    assert not bag.import_errors, bag.import_errors
+    calls: list = []
+    sys.modules["fgpo_tasks.experiment"] = _stub_experiment(calls, fail_arm=("c30", 1, "pd"))
+    dr = bag.dags["fgpo_experiment"].test(run_conf={"seeds": [0, 1]})
+    with create_session() as session:
+        states = {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.state
+                  for ti in dr.get_task_instances(session=session)}
+    return {"state": dr.state, "run_id": dr.run_id, "logical_date": dr.logical_date.isoformat(),
+            "calls": calls, "task_states": states}
+
+
 if __name__ == "__main__":
-    result = {"parse": parse, "run": run}[sys.argv[1]]()
+    result = {"parse": parse, "run": run, "run-experiment": run_experiment}[sys.argv[1]]()
     print(REPORT_MARK + json.dumps(result, default=str))

@@ -76,7 +76,7 @@ def ran(tmp_path_factory) -> dict:
 
 def test_every_dag_imports_without_error(parsed):
     assert parsed["import_errors"] == {}
-    assert set(parsed["dags"]) == {"fgpo_retrain", "fgpo_ingest"}
+    assert set(parsed["dags"]) == {"fgpo_retrain", "fgpo_ingest", "fgpo_experiment"}
     assert all(d["doc"] for d in parsed["dags"].values())
 
 
@@ -141,13 +141,32 @@ def test_params_are_typed_documented_and_accepted_by_the_pipeline(parsed):
     assert set(params) <= fields
     assert params["strategy"]["schema"]["enum"] == [None, *pipeline.STRATEGIES]
     assert params["format"]["schema"]["items"]["enum"] == list(FORMATS)
-    assert params["profile"]["schema"]["enum"] == ["demo", "helpsteer2"]
+    assert sorted(params["profile"]["schema"]["enum"]) == sorted(
+        p.stem for p in (REPO / "configs" / "pipeline").glob("*.yaml"))
     assert params["budget"]["schema"]["exclusiveMinimum"] == 0 and params["budget"]["schema"]["maximum"] == 1
     # The form's defaults make a valid config, and a form value overrides the profile.
     defaults = {k: p["default"] for k, p in params.items()}
     assert pipeline.pipeline_config(defaults).profile == "demo"
     cfg = pipeline.pipeline_config({**defaults, "strategy": "random", "budget": 0.25, "source": ["a.jsonl"]})
     assert (cfg.strategy, cfg.budget, cfg.source) == ("random", 0.25, ["a.jsonl"])
+
+
+def test_experiment_graph_fans_out_pools_then_arms(parsed):
+    dag = parsed["dags"]["fgpo_experiment"]
+    tasks = dag["tasks"]
+    assert {t: info["upstream"] for t, info in tasks.items()} == {
+        "plan": [], "pool_list": ["plan"], "arm_list": ["plan"], "prepare": ["plan"],
+        "prepare_pool": ["pool_list", "prepare"], "prepare_eval": ["prepare_pool"],
+        "run_arm": ["arm_list", "prepare_eval"], "report": ["run_arm"]}
+    assert {t for t, info in tasks.items() if info["mapped"]} == {"prepare_pool", "run_arm"}
+    assert tasks["prepare_pool"]["expand"] == {"unit": "pool_list"}
+    assert tasks["run_arm"]["expand"] == {"unit": "arm_list"} and tasks["run_arm"]["partial"] == ["evaluation"]
+    for t in ("prepare", "prepare_pool", "prepare_eval", "run_arm"):  # the heavy units
+        assert (tasks[t]["pool"], tasks[t]["queue"], tasks[t]["links"]) == ("fgpo_gpu", "gpu", ["MLflow run"]), t
+        assert tasks[t]["retry_policy"] == "ExceptionRetryPolicy" and tasks[t]["on_failure_callback"], t
+    assert dag["schedule"] == "None" and dag["max_active_runs"] == 1
+    assert dag["params"]["config"]["default"] == "configs/experiments/synthetic.yaml"
+    assert (REPO / dag["params"]["config"]["default"]).is_file()
 
 
 # ------------------------------------------------------------------------------ running (stub stages)
@@ -263,3 +282,44 @@ def test_retry_policy_fails_user_errors_and_retries_the_rest():
     for error in (ConfigError("budget must be in (0, 1]"), InputError("bad row", file="a.jsonl", line=3)):
         assert DEFAULT_RETRY_POLICY.evaluate(error, 1, 3).action == RetryAction.FAIL
     assert DEFAULT_RETRY_POLICY.evaluate(ConnectionError("worker lost"), 1, 3).action == RetryAction.DEFAULT
+
+
+# ------------------------------------------------------------------------------ fgpo_experiment (stub units)
+
+@pytest.fixture(scope="module")
+def ran_experiment(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-experiment")
+    env = airflow_env(home, f"sqlite:///{home / 'airflow.db'}")
+    env.update({"AIRFLOW_CONN_FGPO_MLFLOW": "http://127.0.0.1:9",
+                "AIRFLOW_VAR_FGPO_STORAGE_ROOT": str(home / "storage")})
+    report = harness("run-experiment", env)
+    report["home"] = str(home)
+    return report
+
+
+def test_experiment_runs_each_pool_once_then_every_arm(ran_experiment):
+    run, calls = ran_experiment, ran_experiment["calls"]
+    by_fn = {}
+    for c in calls:
+        by_fn.setdefault(c["fn"], []).append(c)
+    assert sorted(tuple(c["inputs"]) for c in by_fn["prepare_pool"]) == [("c10", 0), ("c10", 1), ("c30", 0), ("c30", 1)]
+    assert len(by_fn["run_arm"]) == 8 and len(by_fn["prepare"]) == len(by_fn["prepare_eval"]) == 1
+    order = [c["fn"] for c in calls if c["fn"] != "load_experiment"]
+    assert order.index("prepare_eval") > max(i for i, f in enumerate(order) if f == "prepare_pool")
+    assert order.index("prepare_eval") < min(i for i, f in enumerate(order) if f == "run_arm")
+    for c in calls[1:]:
+        if c["fn"] != "load_experiment":
+            assert (c["key"], c["created_at"]) == (run["run_id"], run["logical_date"])
+    load = [c for c in calls if c["fn"] == "load_experiment"][0]
+    assert load["path"] == "configs/experiments/synthetic.yaml"
+    assert load["overrides"]["seeds"] == [0, 1] and load["overrides"]["tracking_uri"] == "http://127.0.0.1:9"
+    safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run["run_id"])
+    assert load["overrides"]["out_dir"] == str(Path(run["home"]) / "storage" / "experiments" / safe)
+
+
+def test_a_failed_arm_fails_alone_and_the_report_is_still_written(ran_experiment):
+    states = ran_experiment["task_states"]
+    arms = {k: v for k, v in states.items() if k.startswith("run_arm")}
+    assert sorted(arms.values()) == ["failed"] + ["success"] * 7
+    assert [c for c in ran_experiment["calls"] if c["fn"] == "report"]  # the table of the other 7
+    assert states["report"] == "failed" and ran_experiment["state"] == "failed"  # and the run says so

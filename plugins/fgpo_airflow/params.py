@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-PROFILES = ("demo", "helpsteer2")
+PROFILES = ("demo", "helpsteer2", "tiny")  # configs/pipeline/<name>.yaml; tests/test_dags.py checks
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
 FORMATS = ("helpsteer2-aspects", "rated-responses", "ultrafeedback", "pku-saferlhf", "trl",
            "generic", "synthetic")
@@ -27,8 +27,9 @@ def retrain_params() -> dict[str, Param]:
         "profile": Param(
             "demo", type="string", enum=list(PROFILES), title="Profile",
             description="Preset of data, models and stage settings: 'demo' (synthetic data, tiny "
-                        "models, minutes on a CPU) or 'helpsteer2' (HelpSteer2 files, SmolLM2 policy, "
-                        "MiniLM reward proxies). The fields below override it.",
+                        "models, minutes on a CPU), 'helpsteer2' (HelpSteer2 files, SmolLM2 policy, "
+                        "MiniLM reward proxies) or 'tiny' (the smallest real run, for tests). The "
+                        "fields below override it.",
             section=_DATA),
         "source": Param(
             None, type=_nullable("array"), items={"type": "string"}, title="Data sources",

@@ -1,0 +1,120 @@
+"""Reference log-probs: computed once per (reference model, tokenised pairs), cached on disk.
+
+The cache key is sha256 of the reference model's weight files, the pairs' token ids (which fold
+in the tokenizer, chat template and max lengths) and the precision, so a retrain on the same
+pairs reuses the numbers and a change in any input computes them afresh. A cache file holds
+pair_id, ref_chosen and ref_rejected (float32) as .npz: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fgpo_tasks import models
+from fgpo_tasks.dpo.data import PairTokens, collate
+from fgpo_tasks.provenance import file_fingerprint, sha256_hex
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "ref-logps-v1"  # bump when the way log-probs are computed changes
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model")
+
+
+def default_dir() -> Path:
+    from fgpo_tasks.env import work_dir
+    return work_dir() / "cache" / "ref_logps"
+
+
+def _files_fingerprint(files: list[Path], cache_dir: Path) -> str:
+    """sha256 of the files' bytes, memoised by (path, size, mtime) so big weights hash once."""
+    memo_path = cache_dir / "fingerprints.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    parts = []
+    for f in sorted(files):
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in memo:
+            memo[key] = file_fingerprint(f)
+        parts.append(f"{f.name}:{memo[key]}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_path)
+    return sha256_hex(*parts)
+
+
+def model_fingerprint(spec: str, cache_dir: Path) -> str:
+    """Fingerprint of a model spec's weights (a hub id missing locally falls back to its name)."""
+    path, gguf_file = models.resolve(spec) if spec not in models.TINY else (models.pretrained_path(spec), None)
+    if gguf_file:
+        return _files_fingerprint([Path(path) / gguf_file], cache_dir)
+    folder = Path(path)
+    if not folder.is_dir():
+        try:  # a hub id: its local snapshot, if any
+            from huggingface_hub import snapshot_download
+            folder = Path(snapshot_download(spec, local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not available locally"
+            return sha256_hex("hub", spec)
+    files = [f for f in folder.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
+    return _files_fingerprint(files, cache_dir)
+
+
+def cache_key(ref_fingerprint: str, tokens: PairTokens, precision: str) -> str:
+    return sha256_hex(CACHE_VERSION, ref_fingerprint, tokens.fingerprint(), precision)[:32]
+
+
+def load(path: Path, tokens: PairTokens) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ref_chosen, ref_rejected) in the order of ``tokens``, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        where = {pid: i for i, pid in enumerate(f["pair_id"].tolist())}
+        order = np.array([where[p] for p in tokens.pair_id])
+        return f["ref_chosen"][order], f["ref_rejected"][order]
+
+
+def save(path: Path, tokens: PairTokens, chosen: np.ndarray, rejected: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, pair_id=np.array(tokens.pair_id), ref_chosen=chosen.astype(np.float32),
+             ref_rejected=rejected.astype(np.float32))
+    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+
+
+def compute(logps_model, tokens: PairTokens, accelerator, batch_size: int, pad_id: int,
+            show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Summed response log-probs of every pair under ``logps_model`` (a SequenceLogps, possibly
+    prepared by accelerate), batched by length; each process scores a share, all get the whole."""
+    import torch
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    order = np.argsort(-tokens.lengths(), kind="stable")
+    # Every process runs the same number of forwards (ZeRO-3 and FSDP gather weights collectively),
+    # so the order is padded to a whole number of rounds.
+    per_round = batch_size * accelerator.num_processes
+    order = np.resize(order, -(-len(order) // per_round) * per_round)
+    mine = [order[i + accelerator.process_index * batch_size:i + (accelerator.process_index + 1) * batch_size]
+            for i in range(0, len(order), per_round)]
+    was_training = logps_model.training
+    logps_model.eval()
+    results: list[tuple[int, float, float]] = []
+    with torch.no_grad():
+        for idx in tqdm(mine, desc="reference log-probs", disable=not (show_progress and accelerator.is_main_process)):
+            batch = collate(tokens, idx, pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                logps = logps_model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+            logps = logps.float().cpu().numpy()
+            results += [(int(i), float(c), float(r)) for i, c, r in zip(idx, logps[:len(idx)], logps[len(idx):])]
+    logps_model.train(was_training)
+    chosen = np.zeros(len(tokens), dtype=np.float32)
+    rejected = np.zeros(len(tokens), dtype=np.float32)
+    for i, c, r in gather_object(results):
+        chosen[i], rejected[i] = c, r
+    return chosen, rejected

@@ -1,0 +1,360 @@
+"""PD scoring (METHOD.md, "Estimating PD", steps 2-4, and "PD from ratings").
+
+For a pair z in D_k and every other aspect k':
+  delta_k'(z) = r_k'(x, y_w) - r_k'(x, y_l)            (cross-extrapolation: r_k' never scores
+                                                       D_k' or any pair it trained on)
+  q_k'        = gamma-quantile of |delta_k'| over the pairs r_k' scored (numpy linear interpolation)
+  d_k'(z)     = clip(delta_k'(z) / q_k', -1, 1), or sign(delta_k'(z)) when q_k' = 0
+  PD(z)       = - sum_{k' != k} d_k'(z)
+
+Output ``scores.parquet`` (one row per pair of the data):
+
+=====================  ==============================================================================
+column                 meaning
+=====================  ==============================================================================
+pair_id, aspect        the pair and its labelled aspect k
+margin_<a>             d_a(z), the scaled margin in [-1, 1]; null where a is the pair's own aspect
+                       (or, for ratings, where a rating is missing)
+raw_margin_<a>         delta_a(z) before scaling; null where masked
+n_other                how many other aspects entered PD
+pd                     PD(z) from reward models (or from ratings with ``--from-ratings``)
+pd_ratings             PD from the ratings when the data carries other aspects' ratings, else null
+=====================  ==============================================================================
+
+Raw margins are cached per reward-model fingerprint and pair_id, so scoring after a new
+annotation batch only runs the models on the new pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fgpo_tasks import contract
+from fgpo_tasks.config import check, to_dict
+from fgpo_tasks.errors import ConfigError, FgpoError, InputError
+from fgpo_tasks.provenance import code_version, file_fingerprint
+from fgpo_tasks.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SCORES_FILE = "scores.parquet"
+
+
+@dataclass
+class ScoreConfig:
+    gamma: float = field(default=0.95, metadata={
+        "help": "quantile level of |delta_k'| that maps to a scaled margin of 1 (clip above)"})
+    from_ratings: bool = field(default=False, metadata={
+        "help": "PD from the other aspects' rating differences instead of reward models"})
+    lower_is_better: list[str] = field(default_factory=list, metadata={
+        "help": "rating aspects where the LOWER rating wins (their rating difference is negated)"})
+    pool_ratings: bool = field(default=True, metadata={
+        "help": "a response's ratings from every pair it appears in count for all its pairs "
+                "(HelpSteer2's per-aspect files rate the same responses on several aspects)"})
+    use_cache: bool = field(default=True, metadata={
+        "help": "reuse raw margins of pairs already scored by a reward model with the same fingerprint"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "score cache root; default <work>/cache/scores"})
+    embedding_cache_dir: str | None = field(default=None, metadata={
+        "help": "embedding cache root for frozen models; default: the one each model was trained with"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self):
+        check(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The numeric core (pure functions; tests compare them with a naive loop)
+
+def cross_mask(pair_aspects, model_aspects: list[str], pair_ids=None,
+               training_ids: list[set] | None = None) -> np.ndarray:
+    """(N, K) bool: may r_{model_aspects[j]} score pair i? Not its own aspect, not a training pair."""
+    pair_aspects = np.asarray(pair_aspects)
+    mask = pair_aspects[:, None] != np.asarray(model_aspects, dtype=object)[None, :]
+    if training_ids is not None:
+        ids = np.asarray(pair_ids)
+        for j, trained in enumerate(training_ids):
+            if trained:
+                mask[:, j] &= ~np.isin(ids, list(trained))
+    return mask
+
+
+def quantile_scale(raw: np.ndarray, mask: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scaled, q): d = clip(raw / q_j, -1, 1) per column j (sign(raw) where q_j = 0), NaN
+    outside the mask or where raw is NaN; q_j = gamma-quantile of |raw| over the column's mask."""
+    raw = np.asarray(raw, dtype=float)
+    ok = mask & np.isfinite(raw)
+    scaled = np.full(raw.shape, np.nan)
+    q = np.full(raw.shape[1], np.nan)
+    for j in range(raw.shape[1]):
+        v = raw[ok[:, j], j]
+        if len(v) == 0:
+            continue
+        q[j] = np.quantile(np.abs(v), gamma)
+        scaled[ok[:, j], j] = np.sign(v) if q[j] == 0 else np.clip(v / q[j], -1.0, 1.0)
+    return scaled, q
+
+
+def preference_divergence(scaled: np.ndarray) -> np.ndarray:
+    """PD = - sum of the available scaled margins of the other aspects (masked entries are NaN)."""
+    return -np.nansum(scaled, axis=1)
+
+
+def compute_pd(raw: np.ndarray, mask: np.ndarray, gamma: float):
+    """(pd, scaled, q) from raw margins and the cross-extrapolation mask."""
+    scaled, q = quantile_scale(raw, mask, gamma)
+    return preference_divergence(scaled), scaled, q
+
+
+# ---------------------------------------------------------------------------------------------
+# Ratings
+
+def pooled_ratings(df: pd.DataFrame) -> tuple[list, list]:
+    """Ratings are properties of a response, not of a pair: gather every rating a (prompt,
+    response) text received anywhere in the pool (mean where it got several) and return the
+    (chosen, rejected) ratings of each pair from that pool. In HelpSteer2's per-aspect files the
+    same response pair appears under several aspects, so pooling gives those pairs ratings of
+    other aspects (needed for PD from ratings, OVA and AVG)."""
+    bag: dict[tuple, dict[str, list[float]]] = {}
+    for col, resp in (("ratings_chosen", "chosen"), ("ratings_rejected", "rejected")):
+        for prompt, text, r in zip(df["prompt"], df[resp], df[col]):
+            if isinstance(r, dict):
+                d = bag.setdefault((prompt, text), {})
+                for a, v in r.items():
+                    if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                        d.setdefault(a, []).append(float(v))
+    merged = {k: {a: float(np.mean(v)) for a, v in d.items()} for k, d in bag.items()}
+    return ([merged.get((p, c)) for p, c in zip(df["prompt"], df["chosen"])],
+            [merged.get((p, r)) for p, r in zip(df["prompt"], df["rejected"])])
+
+
+def rating_margins(df: pd.DataFrame, lower_is_better=(), pool: bool = True) -> tuple[list[str], np.ndarray]:
+    """(aspects, (N, K) rating differences chosen - rejected, NaN where either rating is missing).
+
+    ``pool``: use every rating each response received anywhere in ``df`` (``pooled_ratings``).
+    """
+    aspects = contract.rating_aspects(df)
+    raw = np.full((len(df), len(aspects)), np.nan)
+    if pool:
+        chosen, rejected = pooled_ratings(df)
+    else:
+        chosen, rejected = df["ratings_chosen"].tolist(), df["ratings_rejected"].tolist()
+    for i, (rc, rr) in enumerate(zip(chosen, rejected)):
+        if not isinstance(rc, dict) or not isinstance(rr, dict):
+            continue
+        for j, a in enumerate(aspects):
+            if rc.get(a) is not None and rr.get(a) is not None:
+                raw[i, j] = float(rc[a]) - float(rr[a])
+    for j, a in enumerate(aspects):
+        if a in lower_is_better:
+            raw[:, j] = -raw[:, j]
+    return aspects, raw
+
+
+def ratings_pd(df: pd.DataFrame, gamma: float, lower_is_better=(), pool: bool = True):
+    """(aspects, pd, scaled, q, raw, mask); pd is NaN for pairs without any other aspect's rating."""
+    aspects, raw = rating_margins(df, lower_is_better, pool)
+    mask = cross_mask(df["aspect"].to_numpy(), aspects) if aspects else np.zeros((len(df), 0), bool)
+    pd_r, scaled, q = compute_pd(raw, mask, gamma)
+    n_other = np.sum(np.isfinite(scaled), axis=1)
+    pd_r = np.where(n_other > 0, pd_r, np.nan)
+    return aspects, pd_r, scaled, q, raw, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward-model margins with a cache
+
+class ScoreCache:
+    """Raw margins by (reward-model fingerprint, pair_id), as Parquet shards per fingerprint."""
+
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.dir = Path(root) / fingerprint
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for shard in sorted(self.dir.glob("shard-*.parquet")):
+            t = pd.read_parquet(shard)
+            out.update(zip(t["pair_id"], t["raw_margin"].astype(float)))
+        return out
+
+    def add(self, pair_ids: list[str], margins: np.ndarray) -> None:
+        if not pair_ids:
+            return
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
+        pd.DataFrame({"pair_id": pair_ids, "raw_margin": np.asarray(margins, float)}).to_parquet(tmp)
+        tmp.rename(self.dir / f"shard-{uuid.uuid4().hex}.parquet")
+
+
+def _pair_margins(score_fn, rows: pd.DataFrame) -> np.ndarray:
+    p = rows["prompt"].tolist()
+    r = score_fn(p + p, rows["chosen"].tolist() + rows["rejected"].tolist())
+    return r[:len(rows)] - r[len(rows):]
+
+
+def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config: ScoreConfig
+                  ) -> tuple[np.ndarray, dict[str, dict]]:
+    """(N, K) raw margins (NaN outside the mask) and per-model counts of new / cached pairs."""
+    from fgpo_tasks import reward_models as rm
+
+    raw = np.full(mask.shape, np.nan)
+    stats = {}
+    cache_root = config.cache_dir or rm.default_cache_root("scores")
+    todo = []  # (j, rows needing a model pass, cache)
+    for j, m in enumerate(models):
+        need = np.flatnonzero(mask[:, j])
+        cache = ScoreCache(cache_root, m["fingerprint"]) if config.use_cache else None
+        cached = cache.load() if cache else {}
+        ids = df["pair_id"].to_numpy()
+        hit = np.array([ids[i] in cached for i in need], dtype=bool)
+        raw[need[hit], j] = [cached[ids[i]] for i in need[hit]]
+        stats[m["aspect"]] = {"scored": int((~hit).sum()), "from_cache": int(hit.sum()),
+                              "fingerprint": m["fingerprint"]}
+        if (~hit).any():
+            todo.append((j, need[~hit], cache))
+    if not todo:
+        return raw, stats
+    # Frozen models sharing a backbone: one embedding pass over the union of their texts, then
+    # each head; fine-tuned models run their own classifier.
+    scorers = {j: rm.load_scorer(models[j]["dir"], cache_dir=config.embedding_cache_dir,
+                                 progress=config.progress) for j, _, _ in todo}
+    groups: dict[str, list] = {}
+    for j, rows, cache in todo:
+        emb = getattr(scorers[j], "embedder", None)
+        groups.setdefault(emb.key if emb else f"model-{j}", []).append((j, rows, cache))
+    for key, items in groups.items():
+        union = np.unique(np.concatenate([rows for _, rows, _ in items]))
+        sub = df.iloc[union]
+        log.info("scoring %d pairs with %s", len(union), [models[j]["aspect"] for j, _, _ in items])
+        if key.startswith("model-"):
+            j, rows, cache = items[0]
+            vals = {j: _pair_margins(scorers[j], sub)}
+        else:
+            import torch
+
+            emb = scorers[items[0][0]].embedder
+            p = sub["prompt"].tolist()
+            root = (config.embedding_cache_dir or models[items[0][0]]["config"].get("cache_dir")
+                    or rm.default_cache_root())
+            e = emb.embed(p + p, sub["chosen"].tolist() + sub["rejected"].tolist(), root,
+                          progress=config.progress)
+            vals = {}
+            with torch.inference_mode():
+                for j, _, _ in items:
+                    r = scorers[j].head(torch.as_tensor(e)).numpy().astype(np.float64)
+                    vals[j] = r[:len(sub)] - r[len(sub):]
+        pos = {int(i): n for n, i in enumerate(union)}
+        for j, rows, cache in items:
+            v = vals[j][[pos[int(i)] for i in rows]]
+            raw[rows, j] = v
+            if cache:
+                cache.add(df["pair_id"].iloc[rows].tolist(), v)
+    return raw, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+def _table(df, aspects, raw, scaled, mask, pd_values, pd_r) -> pd.DataFrame:
+    out = {"pair_id": df["pair_id"].to_numpy(), "aspect": df["aspect"].to_numpy()}
+    for j, a in enumerate(aspects):
+        out[f"margin_{a}"] = scaled[:, j]
+    for j, a in enumerate(aspects):
+        out[f"raw_margin_{a}"] = np.where(mask[:, j], raw[:, j], np.nan)
+    out["n_other"] = np.sum(np.isfinite(scaled), axis=1).astype(np.int64)
+    out["pd"] = pd_values
+    out["pd_ratings"] = pd_r
+    return pd.DataFrame(out)
+
+
+def read_scores(scores_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The scores table and manifest written by ``run_score``."""
+    path = Path(scores_dir) / SCORES_FILE
+    if not path.is_file():
+        raise FgpoError(f"{scores_dir}: not a scores directory (no {SCORES_FILE}; run `fgpo score`)")
+    return pd.read_parquet(path), contract.read_manifest(scores_dir)
+
+
+def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, created_at: str,
+              reward_models_dir: str | Path | None = None) -> dict[str, Any]:
+    """Score PD for every pair of ``data_dir`` into out_dir/scores.parquet (+ manifest, reports)."""
+    from fgpo_tasks import reports
+    from fgpo_tasks import reward_models as rm
+
+    start = time.perf_counter()
+    if reward_models_dir is None and not config.from_ratings:
+        raise ConfigError("score needs reward models (--reward-models DIR) or --from-ratings")
+    if reward_models_dir is not None and config.from_ratings:
+        raise ConfigError("give either --reward-models or --from-ratings, not both")
+    df = contract.read_pairs(data_dir)
+    if len(df) == 0:
+        raise InputError("no pairs to score", file=str(data_dir))
+    r_aspects, pd_r, r_scaled, r_q, r_raw, r_mask = ratings_pd(df, config.gamma, config.lower_is_better,
+                                                                config.pool_ratings)
+    has_rating_pd = bool(np.isfinite(pd_r).any())
+    stats, model_info = {}, {}
+    if config.from_ratings:
+        if not has_rating_pd:
+            raise InputError("--from-ratings: no pair carries ratings of an aspect other than its own "
+                             f"(rating aspects found: {r_aspects})", file=str(data_dir))
+        aspects, raw, mask, scaled, q, pd_values = r_aspects, r_raw, r_mask, r_scaled, r_q, pd_r
+        source = "ratings"
+    else:
+        models = rm.discover_models(reward_models_dir)
+        aspects = [m["aspect"] for m in models]
+        missing = sorted(set(df["aspect"]) - set(aspects))
+        if missing:
+            log.warning("no reward model for aspects %s: PD of other pairs omits them", missing)
+        mask = cross_mask(df["aspect"].to_numpy(), aspects, df["pair_id"].to_numpy(),
+                          [m["training_ids"] for m in models])
+        raw, stats = model_margins(df, models, mask, config)
+        pd_values, scaled, q = compute_pd(raw, mask, config.gamma)
+        source = "reward_models"
+        model_info = {m["aspect"]: {"fingerprint": m["fingerprint"], "dir": m["dir"],
+                                    "mode": m["mode"], "backbone": m["backbone"]} for m in models}
+    table = _table(df, aspects, raw, scaled, mask, pd_values, pd_r if has_rating_pd else np.full(len(df), np.nan))
+    corr = None
+    if source == "reward_models" and has_rating_pd:
+        corr = rm.spearman(pd_values, pd_r)
+    quantiles = {a: (float(v) if np.isfinite(v) else None) for a, v in zip(aspects, q)}
+    metrics = {
+        "n_pairs": int(len(df)), "source": source, "aspects": aspects,
+        "quantiles": quantiles,
+        "pd_mean": float(np.mean(pd_values)), "pd_negative_fraction": float(np.mean(pd_values < 0)),
+        "spearman_pd_vs_ratings": corr,
+        "n_with_ratings_pd": int(np.isfinite(pd_r).sum()),
+        "scored": {a: s["scored"] for a, s in stats.items()},
+        "from_cache": {a: s["from_cache"] for a, s in stats.items()},
+    }
+    with atomic_dir(out_dir) as tmp:
+        table.to_parquet(tmp / SCORES_FILE, index=False)
+        reports.pd_histogram(pd_values, tmp / "reports", title=f"PD ({source}), gamma={config.gamma}")
+        reports.conflict_matrix(df["aspect"].to_numpy(), scaled, aspects, tmp / "reports")
+        if has_rating_pd and source == "reward_models":
+            reports.conflict_matrix(df["aspect"].to_numpy(), r_scaled, r_aspects, tmp / "reports",
+                                    name="conflict_matrix_ratings")
+        contract.write_manifest(tmp, {
+            "kind": "fgpo.scores", "stage": "score", "created_at": created_at,
+            "code_version": code_version(), "config": to_dict(config), "source": source,
+            "reward_models_dir": str(reward_models_dir) if reward_models_dir else None,
+            "models": model_info, "quantiles": quantiles,
+            "rating_quantiles": {a: (float(v) if np.isfinite(v) else None) for a, v in zip(r_aspects, r_q)},
+            "inputs": [{"path": str(data_dir), "fingerprint": contract.content_fingerprint(df)}],
+            "fingerprint": file_fingerprint(tmp / SCORES_FILE),
+            "row_counts": contract.counts(df),
+            "columns": list(table.columns),
+            "metrics": metrics,
+        })
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    metrics["out_dir"] = str(out_dir)
+    log.info("scored %d pairs (%s): PD mean %.3f, Spearman vs ratings %s", len(df), source,
+             metrics["pd_mean"], corr)
+    return metrics

@@ -1,0 +1,261 @@
+"""Selection (METHOD.md step 5) and the paper's baselines, as flat branches over ``strategy``.
+
+Every ranking strategy keeps exactly round(budget * N) pairs, ties broken by pair_id, so the same
+inputs and seed always give the same subset. ``all``, ``ova`` and ``avg`` are the paper's
+full-data baselines: they keep the whole pool (the budget is recorded but not applied).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from fgpo_tasks import contract
+from fgpo_tasks.config import check, to_dict
+from fgpo_tasks.errors import ConfigError, FgpoError, InputError
+from fgpo_tasks.provenance import code_version
+from fgpo_tasks.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+FULL_DATA = ("all", "ova", "avg")
+
+
+@dataclass
+class SelectConfig:
+    strategy: Literal["pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg"] = field(
+        default="pd", metadata={"help": f"one of {list(STRATEGIES)}"})
+    budget: float = field(default=0.3, metadata={
+        "help": "lambda: the fraction of the pool kept (round(budget * N) pairs); all/ova/avg keep all"})
+    seed: int = field(default=0, metadata={"help": "seed of the random strategy"})
+    unified_model: str | None = field(default=None, metadata={
+        "help": "raf: folder of the unified reward model (fgpo reward-models --unified writes "
+                "<out>/__all__); default: <reward-models dir of the scores>/__all__"})
+    overall_aspect: str = field(default="helpfulness", metadata={
+        "help": "ova: the rating that stands for the overall preference"})
+    avg_aspects: list[str] | None = field(default=None, metadata={
+        "help": "avg: the ratings averaged; default every rating aspect"})
+    lower_is_better: list[str] = field(default_factory=list, metadata={
+        "help": "ova/avg: rating aspects where the LOWER rating wins (negated before averaging)"})
+    pool_ratings: bool = field(default=True, metadata={
+        "help": "ova/avg: a response's ratings from every pair it appears in count for all its pairs"})
+    embedding_cache_dir: str | None = field(default=None, metadata={
+        "help": "raf: embedding cache root of a frozen unified model; default: the model's own"})
+
+    def __post_init__(self):
+        check(self.strategy in STRATEGIES, f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        check(0.0 < self.budget <= 1.0, f"budget must be in (0, 1], got {self.budget}")
+
+
+def n_keep(budget: float, n: int) -> int:
+    """round(budget * N), at least 1 for a non-empty pool."""
+    return max(1, round(budget * n)) if n else 0
+
+
+def rank_order(key: np.ndarray, pair_ids: np.ndarray, descending: bool = False) -> np.ndarray:
+    """Positions sorted by key (ascending, or descending), ties by pair_id ascending; NaN last."""
+    key = np.asarray(key, dtype=float)
+    k = -key if descending else key
+    k = np.where(np.isfinite(k), k, np.inf)
+    return np.lexsort((np.asarray(pair_ids), k))
+
+
+def _ranked(key, ids, n, descending=False) -> np.ndarray:
+    return rank_order(key, ids, descending)[:n]
+
+
+def relabel(df: pd.DataFrame, preference: np.ndarray, aspect: str) -> tuple[pd.DataFrame, int]:
+    """Swap chosen/rejected where ``preference`` (chosen minus rejected score) is negative.
+
+    Pairs whose preference is tied or unknown keep their label. The relabelled pool is labelled
+    on ``aspect``; pair ids are recomputed and repeats (the same texts from several sub-datasets)
+    kept once. Returns (pool, number of flipped pairs).
+    """
+    out = df.copy()
+    flip = np.nan_to_num(np.asarray(preference, dtype=float), nan=0.0) < 0
+    out.loc[flip, ["chosen", "rejected"]] = out.loc[flip, ["rejected", "chosen"]].to_numpy()
+    out.loc[flip, ["ratings_chosen", "ratings_rejected"]] = (
+        out.loc[flip, ["ratings_rejected", "ratings_chosen"]].to_numpy())
+    out["aspect"] = aspect
+    out["pair_id"] = [contract.pair_id(p, c, r, aspect, m if isinstance(m, list) and m else None)
+                      for p, c, r, m in zip(out["prompt"], out["chosen"], out["rejected"],
+                                            out["prompt_messages"])]
+    out = out.drop_duplicates("pair_id", keep="first")
+    return out.sort_values("pair_id", kind="stable").reset_index(drop=True), int(flip.sum())
+
+
+def _rating_vector(df: pd.DataFrame, aspects: list[str], lower_is_better, pool: bool = True) -> np.ndarray:
+    """(N, len(aspects)) rating differences chosen - rejected, NaN where missing."""
+    from fgpo_tasks.scoring import rating_margins
+
+    all_aspects, raw = rating_margins(df, lower_is_better, pool=pool)
+    cols = [all_aspects.index(a) if a in all_aspects else None for a in aspects]
+    return np.stack([raw[:, c] if c is not None else np.full(len(df), np.nan) for c in cols], axis=1)
+
+
+def _unified_margins(df: pd.DataFrame, model_dir: str, config: SelectConfig) -> np.ndarray:
+    from fgpo_tasks.reward_models import load_scorer
+
+    score = load_scorer(model_dir, cache_dir=config.embedding_cache_dir)
+    p = df["prompt"].tolist()
+    r = score(p + p, df["chosen"].tolist() + df["rejected"].tolist())
+    return r[:len(df)] - r[len(df):]
+
+
+def _unified_dir(config: SelectConfig, scores_manifest: dict) -> str:
+    from fgpo_tasks.reward_models import MODEL_FILE, UNIFIED
+
+    if config.unified_model:
+        return config.unified_model
+    rm_dir = scores_manifest.get("reward_models_dir")
+    if rm_dir and (Path(rm_dir) / UNIFIED / MODEL_FILE).is_file():
+        return str(Path(rm_dir) / UNIFIED)
+    raise ConfigError("strategy 'raf' needs a unified reward model: train one with "
+                      "`fgpo reward-models --data DIR --out RM --unified` and pass "
+                      "--unified-model RM/__all__")
+
+
+def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
+                 scores_manifest: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """The selected (or relabelled) pool and facts for the manifest; ``df`` and ``scores`` aligned."""
+    ids = df["pair_id"].to_numpy()
+    n = n_keep(config.budget, len(df))
+    s, info = config.strategy, {"n_pool": int(len(df))}
+    if s == "pd":
+        # METHOD.md step 5: keep the lambda fraction with the MOST NEGATIVE PD.
+        idx = _ranked(scores["pd"].to_numpy(), ids, n)
+        info["threshold"] = float(scores["pd"].to_numpy()[idx[-1]])
+    elif s == "pd_ratings":
+        # Paper's "PD (rati.)": the same ranking on PD from the ratings.
+        v = scores["pd_ratings"].to_numpy(dtype=float) if "pd_ratings" in scores else np.full(len(df), np.nan)
+        if not np.isfinite(v).any():
+            raise InputError("strategy 'pd_ratings' needs PD from ratings, and these scores have none "
+                             "(the data carries no other aspect's ratings)")
+        idx = _ranked(v, ids, n)
+        picked = v[idx]
+        info["threshold"] = float(picked[np.isfinite(picked)][-1])
+        info["without_ratings_pd"] = int((~np.isfinite(v)).sum())
+        info["selected_without_ratings_pd"] = int((~np.isfinite(picked)).sum())
+        if info["selected_without_ratings_pd"]:
+            log.warning("only %d pairs have PD from ratings, fewer than the %d to keep: the rest are "
+                        "filled in pair_id order", int(np.isfinite(v).sum()), n)
+    elif s == "pd_high":
+        # Paper's PD-high ablation: the most POSITIVE PD (the most conflicting pairs).
+        idx = _ranked(scores["pd"].to_numpy(), ids, n, descending=True)
+        info["threshold"] = float(scores["pd"].to_numpy()[idx[-1]])
+    elif s == "pd_mid":
+        # Paper's PD-mid ablation: the n pairs around the median of the PD ranking.
+        order = rank_order(scores["pd"].to_numpy(), ids)
+        start = (len(order) - n) // 2
+        idx = order[start:start + n]
+        v = scores["pd"].to_numpy()
+        info["threshold"] = [float(v[idx[0]]), float(v[idx[-1]])]
+    elif s == "random":
+        # RAND baseline: a uniform subset; the permutation runs over pair_id order, so the input
+        # row order does not matter.
+        order = np.argsort(ids, kind="stable")
+        idx = order[np.random.default_rng(config.seed).permutation(len(order))[:n]]
+    elif s == "raf":
+        # RAF baseline: the pairs with the largest margin under ONE unified reward model.
+        model_dir = _unified_dir(config, scores_manifest or {})
+        m = _unified_margins(df, model_dir, config)
+        idx = _ranked(m, ids, n, descending=True)
+        info.update(threshold=float(m[idx[-1]]), unified_model=str(model_dir))
+    elif s == "all":
+        # ALL baseline: DPO on the whole aggregated pool.
+        idx = np.arange(len(df))
+    elif s == "ova":
+        # OVA baseline: relabel every pair by the overall rating (where both responses have it).
+        pref = _rating_vector(df, [config.overall_aspect], config.lower_is_better,
+                              config.pool_ratings)[:, 0]
+        if not np.isfinite(pref).any():
+            raise InputError(f"strategy 'ova' needs '{config.overall_aspect}' ratings of both "
+                             f"responses, and no pair has them (rating aspects: {contract.rating_aspects(df)})")
+        out, flipped = relabel(df, pref, config.overall_aspect)
+        info.update(relabelled=flipped, rated=int(np.isfinite(pref).sum()), deduplicated=int(len(df) - len(out)))
+        return out, info
+    elif s == "avg":
+        # AVG baseline: relabel by the mean of the aspect ratings both responses carry.
+        aspects = config.avg_aspects or contract.rating_aspects(df)
+        v = _rating_vector(df, aspects, config.lower_is_better, config.pool_ratings) if aspects else np.full((len(df), 1), np.nan)
+        rated = np.isfinite(v).any(axis=1)
+        if not rated.any():
+            raise InputError(f"strategy 'avg' needs ratings of both responses on {aspects or 'some aspect'}, "
+                             "and no pair has them")
+        pref = np.full(len(df), np.nan)
+        pref[rated] = np.nanmean(v[rated], axis=1)
+        out, flipped = relabel(df, pref, "average")
+        info.update(relabelled=flipped, rated=int(rated.sum()), averaged=list(aspects),
+                    deduplicated=int(len(df) - len(out)))
+        return out, info
+    else:
+        raise ValueError(f"Unknown selection strategy: {s}")
+    idx = np.sort(idx)
+    return df.iloc[idx].reset_index(drop=True), info
+
+
+def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+               config: SelectConfig, created_at: str) -> dict[str, Any]:
+    """Write the selected subset of ``data_dir`` (a contract pair dir) plus manifest and reports."""
+    from fgpo_tasks import reports
+    from fgpo_tasks.scoring import read_scores
+
+    start = time.perf_counter()
+    df = contract.read_pairs(data_dir)
+    needs_scores = config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid")
+    scores, s_manifest = (read_scores(scores_dir) if scores_dir is not None or needs_scores
+                          else (None, {}))
+    if scores is not None:
+        missing = sorted(set(df["pair_id"]) - set(scores["pair_id"]))
+        if missing:
+            raise InputError(f"{len(missing)} pairs of the data have no score (e.g. {missing[0]}): "
+                             "score this data first (`fgpo score --data ...`)", file=str(scores_dir))
+        scores = scores.drop_duplicates("pair_id").set_index("pair_id").loc[df["pair_id"]].reset_index()
+    else:
+        scores = pd.DataFrame({"pair_id": df["pair_id"]})
+    if config.strategy in FULL_DATA and config.budget != 1.0:
+        log.info("strategy %r keeps the whole pool: budget %s not applied", config.strategy, config.budget)
+    selected, info = select_pairs(df, scores, config, s_manifest)
+    chosen_mask = df["pair_id"].isin(set(selected["pair_id"])).to_numpy()
+    before, after = contract.counts(df), contract.counts(selected)
+    cut = info.get("threshold")
+    selection = {
+        "strategy": config.strategy, "budget": config.budget,
+        "budget_applied": config.strategy not in FULL_DATA,
+        "n_selected": int(len(selected)), "threshold": cut,
+        "pd_threshold": cut if config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid") else None,
+        "counts_before": before["per_aspect"], "counts_after": after["per_aspect"],
+        **{k: v for k, v in info.items() if k != "threshold"},
+    }
+    with atomic_dir(out_dir) as tmp:
+        contract.write_pair_table(selected, tmp)
+        rep = tmp / "reports"
+        if "pd" in scores and config.strategy in ("pd", "pd_high", "pd_mid", "random", "raf"):
+            reports.pd_histogram(scores["pd"].to_numpy(), rep, selected=chosen_mask,
+                                 cut=cut if config.strategy in ("pd", "pd_high") else None,
+                                 title=f"PD, strategy {config.strategy}, budget {config.budget}")
+        if config.strategy == "pd_ratings":
+            reports.pd_histogram(scores["pd_ratings"].to_numpy(), rep, selected=chosen_mask, cut=cut,
+                                 title=f"PD from ratings, budget {config.budget}")
+        reports.length_distributions(df, selected, rep)
+        inputs = [{"path": str(data_dir), "fingerprint": contract.content_fingerprint(df)}]
+        if s_manifest:
+            inputs.append({"path": str(scores_dir), "fingerprint": s_manifest.get("fingerprint")})
+        manifest = contract.build_manifest(selected, stage="select", config=to_dict(config),
+                                           created_at=created_at, inputs=inputs,
+                                           extra={"selection": selection})
+        contract.write_manifest(tmp, manifest)
+    log.info("selected %d of %d pairs (%s, budget %s)", len(selected), len(df), config.strategy,
+             config.budget)
+    return {"out_dir": str(out_dir), "strategy": config.strategy, "n_pool": int(len(df)),
+            "n_selected": int(len(selected)), "threshold": cut,
+        "pd_threshold": cut if config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid") else None,
+            "counts_after": after["per_aspect"], "code_version": code_version(),
+            "seconds": round(time.perf_counter() - start, 2)}

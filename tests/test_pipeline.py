@@ -1,0 +1,113 @@
+"""The whole pipeline for real on the tiny profile: in-process steps, and the fgpo_retrain DAG
+through `airflow dags test` with SQLite-backed Airflow and MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fgpo_tasks import pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CREATED_AT = "2026-01-01T00:00:00+00:00"
+
+
+def _params(tmp_path: Path) -> dict:
+    return {"profile": "tiny", "storage_root": str(tmp_path / "storage"),
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+
+def _versions(uri: str, name: str) -> list:
+    from mlflow import MlflowClient
+    return MlflowClient(uri).search_model_versions(f"name = '{name}'")
+
+
+def _step_files(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("step.json")}
+
+
+def test_a_failed_step_retried_redoes_no_finished_stage_and_registers_once(tmp_path, monkeypatch):
+    params = _params(tmp_path)
+    from fgpo_tasks import selection
+
+    real_select = selection.run_select
+
+    def broken(*a, **k):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(selection, "run_select", broken)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        pipeline.run_pipeline(params, "run-1", CREATED_AT)
+    run_dir = Path(pipeline.run_dir(pipeline.pipeline_config(params), "run-1"))
+    finished = _step_files(run_dir)
+    assert {"ingest/step.json", "validate/step.json", "score/step.json"} <= set(finished)
+    assert not (run_dir / "select" / "step.json").exists() and not (run_dir / "select" / "data").exists()
+
+    monkeypatch.setattr(selection, "run_select", real_select)
+    result = pipeline.run_pipeline(params, "run-1", CREATED_AT)
+    after = _step_files(run_dir)
+    assert {k: after[k] for k in finished} == finished, "a finished stage was redone"
+    reg = result["register"]
+    assert reg["version"] == "1" and "challenger" in reg["aliases"]
+    assert result["select"]["selected"] == round(0.3 * result["validate"]["rows_accepted"])
+
+    again = pipeline.run_pipeline(params, "run-1", CREATED_AT)
+    assert again["register"]["version"] == "1"
+    assert len(_versions(params["tracking_uri"], "fgpo-policy-tiny")) == 1
+
+
+def _airflow_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))}
+    home = tmp_path / "airflow"
+    env.update({
+        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "AIRFLOW_VAR_FGPO_STORAGE_ROOT": str(tmp_path / "storage"),
+        "FGPO_WORK_DIR": os.environ["FGPO_WORK_DIR"], "PATH": f"{BIN}:{os.environ['PATH']}",
+    })
+    return env
+
+
+def _airflow(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_retrain_dag_end_to_end_registers_the_model_with_metrics(tmp_path):
+    from mlflow import MlflowClient
+
+    env = _airflow_env(tmp_path)
+    _airflow(["db", "migrate"], env)
+    conf = json.dumps({"profile": "tiny"})
+    _airflow(["dags", "test", "fgpo_retrain", "2026-01-01T00:00:00+00:00", "-c", conf], env)
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    versions = _versions(env["MLFLOW_TRACKING_URI"], "fgpo-policy-tiny")
+    assert len(versions) == 1
+    assert client.get_model_version_by_alias("fgpo-policy-tiny", "challenger").version == versions[0].version
+    run_key = versions[0].tags["fgpo.run_key"]
+    parents = client.search_runs([client.get_experiment_by_name("fgpo").experiment_id],
+                                 f"tags.`fgpo.run_key` = '{run_key}' and tags.`fgpo.kind` = 'pipeline'")
+    assert len(parents) == 1
+    metrics = parents[0].data.metrics
+    assert "eval.overall.win_rate" in metrics and 0.0 <= metrics["eval.overall.win_rate"] <= 1.0
+    stages = client.search_runs([parents[0].info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    names = {r.data.tags.get("fgpo.child_key") for r in stages}
+    assert {"ingest", "validate", "score", "select", "train_dpo", "evaluate", "register"} <= names
+    assert {f"reward_model/{a}" for a in ("correctness", "politeness", "detail", "conciseness")} <= names
+    dpo_run = next(r for r in stages if r.data.tags.get("fgpo.child_key") == "train_dpo")
+    assert len(client.get_metric_history(dpo_run.info.run_id, "dpo.loss")) > 1
+
+    # The DAG again on the same data and settings (a new run id, the same data key): nothing new.
+    _airflow(["dags", "test", "fgpo_retrain", "2026-01-01T00:00:00+00:00", "-c", conf], env)
+    assert len(_versions(env["MLFLOW_TRACKING_URI"], "fgpo-policy-tiny")) == 1
