@@ -133,6 +133,9 @@ class ExperimentConfig:
         "help": "where the experiment writes (default: <work>/experiments/<run key>)"})
     threads: int | None = field(default=None, metadata={
         "help": "torch intra-op threads (null: torch's default); 1 is faster on a shared CPU"})
+    keep_models: bool = field(default=True, metadata={
+        "help": "keep each arm's trained weights; false: delete them once evaluated (the model card "
+                "and the evaluation stay)"})
 
     def __post_init__(self):
         self.pool_specs = [from_dict(PoolSpec, p, where="pools") for p in self.pools]
@@ -459,16 +462,14 @@ def prepare_eval(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
         # every pool's evaluation part, the same prompts whatever the seed (a real pool is seed-free)
         rm_cfg = _stage(cfg, "eval_reward_models", RewardModelConfig)
         eval_models = {}
-        for d in data:
-            aspects = sorted(contract.read_pairs(d["eval_rm"])["aspect"].unique())
-            for aspect in aspects:
+        for pool, d in zip(cfg.pool_specs, data):
+            for aspect in sorted(contract.read_pairs(d["eval_rm"])["aspect"].unique()):
                 t = time.perf_counter()
-                run_reward_model(d["eval_rm"], aspect, step / "eval_reward_models" / Path(d["pool"]).parent.name,
-                                 rm_cfg, created_at)
-                result["eval_rm_seconds"][aspect] = round(time.perf_counter() - t, 2)
-                eval_models.setdefault(aspect, []).append(
-                    f"fgpo:{step / 'eval_reward_models' / Path(d['pool']).parent.name / aspect}")
-        prompt_dirs = [d["eval_prompts"] for d in data]
+                m = run_reward_model(d["eval_rm"], aspect, step / "eval_reward_models" / pool.name, rm_cfg, created_at)
+                result["eval_rm_seconds"][f"{pool.name}/{aspect}"] = round(time.perf_counter() - t, 2)
+                result.setdefault("eval_rm_accuracy", {})[f"{pool.name}/{aspect}"] = m.get("heldout_accuracy")
+                eval_models.setdefault(aspect, []).append(f"fgpo:{step / 'eval_reward_models' / pool.name / aspect}")
+        prompt_dirs = [d["eval_prompts"] for d in data]  # the first pool's are the evaluation prompts
     config = _eval_config(cfg, eval_models, _proxy_specs(pools))
     config.exclude_pairs = [p["data"] for p in pools] + ([prep["policy_data"]] if prep.get("policy_data") else [])
     if cfg.eval_split:
@@ -572,6 +573,9 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
         run_evaluate(step / "model", prep["policy"], step / "evaluation", eval_cfg, created_at, prompts=prompts)
         eval_seconds = time.perf_counter() - t0
         log_evaluation(tracker, step / "evaluation")
+        if not cfg.keep_models:
+            for f in (step / "model").glob("*.safetensors"):
+                f.unlink()
 
         sel_cost = _selection_cost(arm, pool) + select_seconds
         gpu = result["device"] == "cuda"
@@ -670,6 +674,7 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
                 continue
             fig = {"win_rate": [r["evaluation"]["overall"]["win_rate"] for r in done],
                    "lc_win_rate": [r["evaluation"]["overall"]["lc_win_rate"] for r in done],
+                   "reward_delta": [r["evaluation"]["overall"]["reward_delta"] for r in done],
                    "n_selected": [r["n_selected"] for r in done],
                    "selected_conflict_fraction": [r.get("selected_conflict_fraction") for r in done],
                    "selection_s": [r["cost"]["selection_s"] for r in done],
@@ -700,12 +705,19 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
     lines += [f"Starting policy `{cfg.starting_policy}`; budget {cfg.budget}; {meta.get('n_prompts')} held-out "
               f"prompts; evaluation models: {meta.get('eval_models_text')}. Figures: mean ± sample sd over seeds "
               f"{cfg.seeds}. Win rates are against the starting policy (ties 0.5); LC = length-controlled; "
-              "Δ = mean reward of the arm's policy minus the starting policy's; cost = wall seconds of "
+              "Δ = mean reward of the arm's policy minus the starting policy's (Δ mean: averaged over the aspects, "
+              "the objective DFPO's derivation starts from); true conflict = share of the arm's training pairs "
+              "whose PD from the ratings is > 0; cost = wall seconds of "
               "selection (reward models + scoring the arm needs + selection) and DPO training.", ""]
     for pool in cfg.pool_specs:
         prow = [r for r in rows if r["pool"] == pool.name]
         aspects = next((r["aspects"] for r in prow if "aspects" in r), [])
-        headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate"] + [f"Δ {a}" for a in aspects]
+        facts = meta.get("pools", {}).get(pool.name)
+        if facts:
+            acc = ", ".join(f"{a} {_fmt(v, 2)}" for a, v in facts["proxy_accuracy"].items())
+            lines += [f"Pool {pool.name}: {facts['n_pairs']} pairs; proxy held-out accuracy {acc or 'n/a'}; "
+                      f"Spearman(PD, PD from ratings) {_fmt(facts['spearman'], 2)}.", ""]
+        headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate", "Δ mean"] + [f"Δ {a}" for a in aspects]
                    + ["selection s", "training s", "cost vs all"])
         lines += [f"**pool {pool.name}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for r in prow:
@@ -713,7 +725,7 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
                 lines.append(f"| {r['arm']} | " + " | ".join(["—"] * (len(headers) - 2)) + f" | skipped: {r['skipped']} |")
                 continue
             cells = [r["arm"], _fmt(r["n_selected"], 0), _fmt(r["selected_conflict_fraction"], 2),
-                     _fmt(r["lc_win_rate"]), _fmt(r["win_rate"])]
+                     _fmt(r["lc_win_rate"]), _fmt(r["win_rate"]), _fmt(r["reward_delta"])]
             cells += [_fmt(r[f"{a}.reward_delta"]) for a in aspects]
             cells += [_fmt(r["selection_s"], 1), _fmt(r["training_s"], 1), _fmt(r["cost_vs_all"], 2)]
             lines.append("| " + " | ".join(cells) + " |")
@@ -766,6 +778,9 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     import csv
 
     root = out_root(cfg, key)
+    if not root.is_dir():
+        raise FgpoError(f"nothing to report: {root} does not exist (run the experiment first; --run-key "
+                        "names the run, default: the config's name)")
     ev = _done(root / "evaluation") or {}
     results = []
     for u in arm_units(cfg):
@@ -780,6 +795,15 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     meta = {"n_prompts": ev.get("n_prompts"),
             "eval_models_text": ", ".join(f"{a}: {' '.join(Path(m.split(':', 1)[-1]).name if m.startswith('fgpo:') else m for m in ms)}"
                                           for a, ms in models.items())}
+    meta["pools"] = {}
+    for spec in cfg.pool_specs:
+        mine = [d for d in pools if d["pool"] == spec.name]
+        if mine:
+            aspects = sorted({a for d in mine for a in d.get("proxy_accuracy", {})})
+            meta["pools"][spec.name] = {
+                "n_pairs": mine[0]["n_pairs"],
+                "proxy_accuracy": {a: _mean_sd([d["proxy_accuracy"].get(a) for d in mine]) for a in aspects},
+                "spearman": _mean_sd([d.get("spearman_pd_vs_ratings") for d in mine])}
     text = markdown(cfg, rows, meta)
     (root / "results.md").write_text(text)
     (root / "results.json").write_text(json.dumps({"name": cfg.name, "key": key, "created_at": created_at,

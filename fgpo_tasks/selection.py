@@ -18,7 +18,7 @@ import pandas as pd
 
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
-from fgpo_tasks.errors import ConfigError, FgpoError, InputError
+from fgpo_tasks.errors import ConfigError, InputError
 from fgpo_tasks.provenance import code_version
 from fgpo_tasks.storage import atomic_dir
 

@@ -117,7 +117,8 @@ def test_frozen_model_beats_chance_on_synthetic_aspect(toy, created_at):
     score = load_scorer(d, progress=False)
     margin = score(held["prompt"].tolist(), held["chosen"].tolist()) - \
         score(held["prompt"].tolist(), held["rejected"].tolist())
-    assert np.mean(margin > 0) == pytest.approx(m["heldout_accuracy"])
+    # (a tie counts one half: at 128 byte tokens a few pairs truncate to the same text)
+    assert np.mean((margin > 0) + 0.5 * (margin == 0)) == pytest.approx(m["heldout_accuracy"])
     # same recipe, same data: same fingerprint (the score cache relies on it)
     m2 = run_reward_model(toy / "data", "detail", toy / "rm2", cfg, created_at)
     assert m2["fingerprint"] == m["fingerprint"]
