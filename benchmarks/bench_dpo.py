@@ -283,16 +283,17 @@ def report(args, results, n_params: int, n_tokens: int) -> None:
         warm = med([args.pairs / r["warm_s"] for r in rs]) if arm == "ours" else "-"
         rows.append([{"ours": "fgpo (Accelerate)", "trl": "TRL DPOTrainer"}[arm], malloc, pps[(arm, malloc)], warm,
                      med([r["ref_s"] for r in rs]), med([r["train_s"] for r in rs]),
-                     med([r["total_s"] for r in rs]), max(r["peak_rss_mb"] for r in rs),
+                     med([r["total_s"] for r in rs]), int(max(r["peak_rss_mb"] for r in rs)),
                      " / ".join(f"{x:.3f}" for x in per_round)])
     ours_l, trl_l = results[("ours", "tuned")][0]["losses"], results[("trl", "tuned")][0]["losses"]
     traj = [[i + 1, a, b, abs(a - b)] for i, (a, b) in enumerate(zip(ours_l, trl_l))]
-    cmd = " ".join(["MALLOC_*: per arm;", ".venv/bin/python benchmarks/bench_dpo.py"] + sys.argv[1:])
+    shown = [a for a in sys.argv[1:] if a not in ("--report-only", "--no-write")]
+    cmd = " ".join([".venv/bin/python benchmarks/bench_dpo.py"] + shown)
     lines = [
         f"## DPO trainer vs TRL DPOTrainer ({args.pairs} HelpSteer2 pairs, CPU)", "",
-        f"`{cmd.split('; ', 1)[1]}`  ",
+        f"`{cmd}`  ",
         f"Model: Llama {args.layers} layers x {args.hidden} hidden, {n_params / 1e6:.1f}M parameters (SmolLM2 "
-        f"tokenizer, 49,152 tokens, chat template), fp32, {args.threads} threads. Data: {args.pairs} pairs that fit "
+        f"tokenizer, 49,152 tokens, chat template), fp32, {args.threads} thread(s) per process. Data: {args.pairs} pairs that fit "
         f"{args.max_length} tokens ({n_tokens:,} tokens in the longer sequence of each pair); batch {args.batch_size}, "
         f"{args.pairs // args.batch_size} steps, beta 0.1, lr {args.lr}, same batches in the same order. "
         f"Machine: {machine()} (shared with other jobs; medians of {args.rounds} round(s)).", "",
@@ -306,8 +307,8 @@ def report(args, results, n_params: int, n_tokens: int) -> None:
         f"tuned malloc {pps[('ours', 'tuned')] / pps[('trl', 'tuned')]:.2f}x. "
         f"Tuned malloc (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=16 GiB) vs default: ours "
         f"{pps[('ours', 'tuned')] / pps[('ours', 'default')]:.2f}x, TRL {pps[('trl', 'tuned')] / pps[('trl', 'default')]:.2f}x.", "",
-        "Loss per step (tuned malloc):", "",
-        markdown_table(["step", "ours", "TRL", "|diff|"], traj),
+        f"Loss per step (tuned malloc), the same batches in both: max abs diff {max(r[3] for r in traj):.1e}.", "",
+        markdown_table(["step", "ours", "TRL", "abs diff"], traj),
     ]
     for arm in ("ours", "trl"):
         prof = results[(arm, "tuned")][0].get("profile")

@@ -73,8 +73,6 @@ def trl_numbers(setup, loss_type: str, beta: float, tmp_path):
 
 
 def our_numbers(setup, loss_type: str, beta: float):
-    from accelerate import Accelerator
-
     tokenizer, ref, policy, df = setup
     tokens = tokenize_pairs(df, tokenizer, max_length=10_000, max_prompt_length=5_000)
     idx = list(range(4))

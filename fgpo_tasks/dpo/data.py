@@ -118,7 +118,7 @@ def tokenize_pairs(df: pd.DataFrame, tokenizer, max_length: int, max_prompt_leng
         out.rejected.append(tr)
     if out.n_truncated:
         log.info("truncated %d of %d pairs to max_length=%d (prompt keeps its end, responses their start)",
-                 out.n_truncated, len(out), max_length, )
+                 out.n_truncated, len(out), max_length)
     return out
 
 
