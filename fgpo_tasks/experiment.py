@@ -66,9 +66,14 @@ class ArmSpec:
     loss_type: str = field(default="sigmoid", metadata={
         "help": f"DPO loss, one of {list(LOSS_TYPES)}; dfpo reads the pool's PD scores"})
     budget: float | None = field(default=None, metadata={"help": "fraction kept; default: the experiment's"})
+    dpo: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "DPOConfig fields this arm changes on top of stages.dpo (e.g. max_steps for a "
+                "steps-matched comparison); {} = the shared DPO config"})
 
     def __post_init__(self):
         check(bool(self.name), "every arm needs a name")
+        blocked = sorted(set(self.dpo) & {"model", "ref_model", "loss_type", "scores_dir", "seed"})
+        check(not blocked, f"arm {self.name!r}: dpo may not set {blocked} (the runner sets them)")
         check(self.strategy in STRATEGIES, f"arm {self.name!r}: strategy must be one of {list(STRATEGIES)}, "
                                            f"got {self.strategy!r}")
         check(self.loss_type in LOSS_TYPES, f"arm {self.name!r}: loss_type must be one of {list(LOSS_TYPES)}, "
@@ -371,7 +376,8 @@ def prepare_pool(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, cre
     _threads(cfg)
     data = prepare_data(cfg, key, pool_name, seed, created_at)
     needs = cfg.needs
-    result = {"pool": pool_name, "seed": seed, "data": data["pool"], "n_pairs": data["n_pairs"],
+    result = {"pool": pool_name, "seed": seed, "data": data["pool"], "proxy_data": data.get("proxy_pool"),
+              "n_pairs": data["n_pairs"],
               "aspects": data["aspects"], "device": _device_kind(), "rm_seconds": {}, "proxy_accuracy": {}}
     rm_dir = step / "reward_models"
     rm_config = _stage(cfg, "reward_models", RewardModelConfig, seed=seed)
@@ -471,7 +477,11 @@ def prepare_eval(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
                 eval_models.setdefault(aspect, []).append(f"fgpo:{step / 'eval_reward_models' / pool.name / aspect}")
         prompt_dirs = [d["eval_prompts"] for d in data]  # the first pool's are the evaluation prompts
     config = _eval_config(cfg, eval_models, _proxy_specs(pools))
-    config.exclude_pairs = [p["data"] for p in pools] + ([prep["policy_data"]] if prep.get("policy_data") else [])
+    # What the policy and the proxies trained on, named exactly: following the manifests' lineage
+    # would reach the whole validated data, evaluation split included.
+    config.follow_lineage = False
+    config.exclude_pairs = ([p["data"] for p in pools] + [p["proxy_data"] for p in pools if p.get("proxy_data")]
+                            + ([prep["policy_data"]] if prep.get("policy_data") else []))
     if cfg.eval_split:
         config.prompt_source, config.prompt_path = "pairs", prompt_dirs[0]
     prompts, record = load_prompts(config)
@@ -557,8 +567,8 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
         select_seconds = time.perf_counter() - t0
         result.update(n_selected=sel["n_selected"], **_true_conflict(str(step / "selected"), scores_dir))
 
-        dpo_cfg = _stage(cfg, "dpo", DPOConfig, model=cfg.starting_policy, seed=seed, loss_type=arm.loss_type,
-                         scores_dir=scores_dir if arm.loss_type == "dfpo" else None)
+        dpo_cfg = _stage(cfg, "dpo", DPOConfig, **arm.dpo, model=cfg.starting_policy, seed=seed,
+                         loss_type=arm.loss_type, scores_dir=scores_dir if arm.loss_type == "dfpo" else None)
         t0 = time.perf_counter()
         with tracker.stage("train_dpo", system_metrics=False) as run:
             run.log_config(dpo_cfg)
@@ -644,6 +654,21 @@ def _log_shared(cfg: ExperimentConfig, key: str, pool: dict) -> None:
         "proxy_accuracy": {a: v for a, v in pool["proxy_accuracy"].items() if v is not None},
         "spearman_pd_vs_ratings": pool.get("spearman_pd_vs_ratings"), "n_pairs": pool["n_pairs"]})
     tracker.finish("FINISHED")
+
+
+def _log_report(cfg: ExperimentConfig, key: str, root: Path) -> None:
+    """The table and plot as artifacts of one MLflow run (role 'report') beside the arms' runs."""
+    from fgpo_tasks.tracking import Tracker, TrackingConfig
+
+    try:
+        tracker = Tracker(f"{key}:report", TrackingConfig(tracking_uri=_tracking_uri(cfg),
+                                                          experiment_name=cfg.experiment_name, system_metrics=False),
+                          run_name=f"{key}/report", tags={ROLE_TAG: "report", "fgpo.experiment": key})
+        for name in ("results.md", "results.csv", "results.png", "results.json"):
+            tracker.log_artifact(tracker.parent_run_id, root / name, "report")
+        tracker.finish("FINISHED")
+    except FgpoError as e:  # the files on disk are the result; MLflow only mirrors them
+        log.warning("report not logged to MLflow: %s", e)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,7 +789,9 @@ def plot(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
         sds = [r["lc_win_rate"][1] or 0.0 for r in prow]
         ax.bar(arms, means, yerr=sds, capsize=3, color=[f"C{j}" for j in range(len(arms))])
         ax.axhline(0.5, color="black", lw=0.8, ls="--")
-        ax.set_ylim(0, 1)
+        # zoomed on 0.5 (no change): arms a few points apart would look alike on [0, 1]
+        reach = max([abs(m - 0.5) + sd for m, sd in zip(means, sds) if math.isfinite(m)] + [0.02])
+        ax.set_ylim(0.5 - 1.3 * reach, 0.5 + 1.3 * reach)
         ax.set_ylabel("LC win rate vs starting policy")
         ax.set_title(f"{pool.name}: length-controlled win rate (mean of aspects)")
         ax.tick_params(axis="x", labelrotation=30)
@@ -818,6 +845,7 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
             w.writerow([r["pool"], r["arm"], r["strategy"], r["loss_type"], r["seeds"]]
                        + [x for k in keys for x in (r.get(k) or (None, None))])
     plot(cfg, rows, root / "results.png")
+    _log_report(cfg, key, root)
     return {"out_dir": str(root), "results_md": str(root / "results.md"), "plot": str(root / "results.png"),
             "arms_run": len(results), "arms_planned": len(arm_units(cfg)),
             "table": {f"{r['pool']}/{r['arm']}": (r["lc_win_rate"][0] if "lc_win_rate" in r else None) for r in rows}}

@@ -331,7 +331,7 @@ def _registered_for(cfg: PipelineConfig, key: str) -> dict | None:
         return None
     mv = client.get_model_version(cfg.model_name, done[0].version)
     return {"model_name": cfg.model_name, "version": str(mv.version), "created": False,
-            "promoted": mv.tags[DONE_TAG] == "true", "aliases": list(mv.aliases),
+            "promoted": mv.tags[DONE_TAG] == "true", "aliases": list(mv.aliases), "mlflow_run_id": mv.run_id,
             "reason": f"already registered for data key {key} by run {mv.tags.get('fgpo.run_key')}: "
                       f"{mv.tags.get(REASON_TAG, '')}"}
 
@@ -357,7 +357,8 @@ def step_register(params: dict, run_key: str, created_at: str, model: str, evalu
                                 model_name=cfg.model_name, run_key=run_key, gate=gate,
                                 tags={"strategy": cfg.strategy, "budget": cfg.budget, "model_dir": model,
                                       "profile": cfg.profile, "data_key": key})
-    return _commit(step, {**result, "data_key": key, "tracking_uri": tracking_uri(cfg)})
+    return _commit(step, {**result, "mlflow_run_id": result.get("run_id"), "data_key": key,
+                          "tracking_uri": tracking_uri(cfg)})
 
 
 def run_pipeline(params: dict, run_key: str, created_at: str) -> dict:

@@ -245,6 +245,11 @@ class Tracker:
             if monitor is not None:
                 with contextlib.suppress(Exception):
                     monitor.finish()
+                    # MLflow's monitor publishes only after a full sampling interval: a stage
+                    # shorter than that would carry no system metrics. Log one closing sample.
+                    monitor.collect_metrics()
+                    closing = {f"system/{k}": v for k, v in monitor.aggregate_metrics().items()}
+                    self.log_metrics(run_id, closing, step=monitor._logging_step)
             try:
                 for rid in (run_id, self.parent_run_id):
                     self.call(f"end run {stage!r}", self.client.set_terminated, rid, status=status)

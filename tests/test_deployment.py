@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "plugins"))
 pytestmark = pytest.mark.integration
 
 # The DAG run through the deployment: (dag_id, dags folder or None for CHECK_DAG in a temp folder,
-# trigger conf). To run the pipeline itself: ("fgpo_retrain", REPO / "dags", {"profile": "demo"}).
-RUN = ("fgpo_deploy_check", None, {})
+# trigger conf). The pipeline itself, every stage for real, on the smallest profile.
+RUN = ("fgpo_retrain", REPO / "dags", {"profile": "tiny"})
 
 CHECK_DAG = textwrap.dedent('''
     """Deployment check: a task that logs to MLflow through the fgpo_airflow plugin's settings."""

@@ -120,6 +120,9 @@ def test_each_arm_is_an_mlflow_run_tagged_with_its_strategy(ran):
         assert r.data.params["pool"] == "c20" and r.data.tags["fgpo.seed"] == "0"
     shared = client.search_runs([exp.experiment_id], "tags.`fgpo.role` = 'shared'")
     assert len(shared) == 1 and "score_seconds" in shared[0].data.metrics
+    report = client.search_runs([exp.experiment_id], "tags.`fgpo.role` = 'report'")
+    assert len(report) == 1 and {a.path for a in client.list_artifacts(report[0].info.run_id, "report")} >= {
+        "report/results.md", "report/results.png"}
 
 
 # ------------------------------------------------------------------------------ units without training
