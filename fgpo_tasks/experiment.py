@@ -419,6 +419,7 @@ def prepare_pool(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, cre
                             reward_models_dir=rm_dir if with_models else None)
         result["scores"] = str(step / "scores")
         result["ratings_pd"] = metrics.get("n_with_ratings_pd", 0) > 0
+        result["n_ratings_pd"] = int(metrics.get("n_with_ratings_pd", 0))
         result["spearman_pd_vs_ratings"] = metrics.get("spearman_pd_vs_ratings")
     except FgpoError as e:
         if with_models:
@@ -548,10 +549,16 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
     result: dict[str, Any] = {"pool": pool_name, "seed": seed, "arm": arm.name, "strategy": arm.strategy,
                               "loss_type": arm.loss_type, "budget": arm.budget or cfg.budget,
                               "device": _device_kind(), "n_pool": pool["n_pairs"]}
-    if arm.strategy == "pd_ratings" and not pool.get("ratings_pd"):
-        result["skipped"] = "no ratings of other aspects in this pool: PD from ratings is undefined"
-        log.warning("arm %s on %s: %s", arm.name, pool_name, result["skipped"])
-        return _commit(step, result)
+    if arm.strategy == "pd_ratings":
+        from fgpo_tasks.selection import n_keep
+
+        have, need = pool.get("n_ratings_pd", 0 if not pool.get("ratings_pd") else pool["n_pairs"]), \
+            n_keep(arm.budget or cfg.budget, pool["n_pairs"])
+        if have < need:  # the rest of the subset would be filled by the tie-break, not by PD
+            result["skipped"] = (f"only {have} of {pool['n_pairs']} pairs carry other aspects' ratings "
+                                 f"(PD from ratings), fewer than the {need} the budget keeps")
+            log.warning("arm %s on %s: %s", arm.name, pool_name, result["skipped"])
+            return _commit(step, result)
     needs_pd = "score" in arm.needs or arm.strategy == "pd_ratings"
     scores_dir = pool.get("scores")
     if needs_pd and not scores_dir:

@@ -182,3 +182,14 @@ def test_config_checks_name_the_bad_value():
         cfg = experiment.load_experiment(path)
         assert {a.strategy for a in cfg.arm_specs} >= {"all", "random", "pd", "raf", "pd_high"}
         assert any(a.loss_type == "dfpo" for a in cfg.arm_specs)
+
+
+def test_pd_ratings_is_skipped_where_too_few_pairs_carry_other_ratings(tmp_path):
+    cfg = from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "pools": [{"name": "p"}],
+                                       "arms": [{"name": "pr", "strategy": "pd_ratings"}]})
+    for step, body in (("prepare", {"policy": "x"}), ("evaluation", {"prompts": "x"}),
+                       ("pools/p/seed0", {"n_pairs": 200, "ratings_pd": True, "n_ratings_pd": 2, "scores": "s"})):
+        experiment._commit(tmp_path / step, body)
+    out = experiment.run_arm(cfg, "k", "p", 0, "pr", "2026-01-01T00:00:00+00:00")
+    assert out["skipped"].startswith("only 2 of 200 pairs") and "60" in out["skipped"]
+    assert experiment.aggregate(cfg, [out])[0]["skipped"] == out["skipped"]
