@@ -20,7 +20,7 @@ from fgpo_tasks.env import setup_environment
 from fgpo_tasks.errors import FgpoError
 
 # Pipeline order for --help; commands not listed here follow alphabetically.
-ORDER = ["ingest", "validate", "reward_models", "score", "select", "train_dpo", "evaluate",
+ORDER = ["ingest", "validate", "reward_models", "score", "select", "sft", "train_dpo", "evaluate",
          "register", "pipeline", "experiment"]
 
 

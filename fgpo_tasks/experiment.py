@@ -252,10 +252,34 @@ def _resolve_source(s: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # prepare: the starting policy
 
+# Fields that may change between runs of one key: they do not change what a finished unit holds.
+_FREE_FIELDS = ("seeds", "description", "tracking_uri", "out_dir", "threads", "keep_models")
+
+
+def check_same_config(cfg: ExperimentConfig, key: str) -> None:
+    """Record the config of a run key on its first run; refuse a later run with another config,
+    whose finished units would otherwise be reused as if they had been made with it."""
+    root = out_root(cfg, key)
+    mine = {k: v for k, v in to_dict(cfg).items() if k not in _FREE_FIELDS}
+    path = root / "experiment.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != json.loads(stable_json(mine)):
+            changed = sorted(k for k in set(before) | set(mine) if before.get(k) != json.loads(stable_json(mine)).get(k))
+            raise ConfigError(f"run key {key!r} ({root}) was run with another config (changed: {changed}); "
+                              "give a new --run-key, or delete that folder to start over")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(stable_json(mine))
+    tmp.rename(path)
+
+
 def prepare(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     """The starting policy's folder (built once for an alias) and its SFT data as a pair dir."""
     from fgpo_tasks import contract, models
 
+    check_same_config(cfg, key)
     step = out_root(cfg, key) / "prepare"
     if done := _done(step):
         return done

@@ -193,3 +193,11 @@ def test_pd_ratings_is_skipped_where_too_few_pairs_carry_other_ratings(tmp_path)
     out = experiment.run_arm(cfg, "k", "p", 0, "pr", "2026-01-01T00:00:00+00:00")
     assert out["skipped"].startswith("only 2 of 200 pairs") and "60" in out["skipped"]
     assert experiment.aggregate(cfg, [out])[0]["skipped"] == out["skipped"]
+
+
+def test_a_run_key_refuses_a_changed_config(tmp_path):
+    cfg = from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "seeds": [0]})
+    experiment.check_same_config(cfg, "k")
+    experiment.check_same_config(from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "seeds": [0, 1]}), "k")
+    with pytest.raises(ConfigError, match=r"another config \(changed: \['budget'\]\)"):
+        experiment.check_same_config(from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "budget": 0.5}), "k")
