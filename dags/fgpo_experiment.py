@@ -19,12 +19,9 @@ returns the finished result. Heavy tasks run in pool `fgpo_gpu` on queue `gpu`.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Param, dag, task
-from fgpo_airflow.callbacks import on_stage_failure, on_stage_retry
 from fgpo_airflow.decorators import fgpo_step
-from fgpo_airflow.retry import DEFAULT_RETRY_POLICY
+from fgpo_airflow.retry import task_defaults
 from fgpo_airflow.settings import GPU_POOL, GPU_QUEUE, step_run
 
 GPU = {"pool": GPU_POOL, "queue": GPU_QUEUE}
@@ -60,15 +57,7 @@ def _experiment():
                        description="Seeds to run instead of the config's (one integer per line); null: "
                                    "the config's seeds."),
     },
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-        "retry_policy": DEFAULT_RETRY_POLICY,
-        "on_failure_callback": on_stage_failure,
-        "on_retry_callback": on_stage_retry,
-    },
+    default_args=task_defaults(),
     tags=["fgpo", "experiment"],
     doc_md=__doc__,
 )

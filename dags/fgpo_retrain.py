@@ -21,14 +21,11 @@ failing task logs its stage and its MLflow run.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import dag, task
 from fgpo_airflow.assets import ANNOTATION_BATCHES, REGISTERED_MODEL
-from fgpo_airflow.callbacks import on_stage_failure, on_stage_retry
 from fgpo_airflow.decorators import fgpo_step
 from fgpo_airflow.params import retrain_params
-from fgpo_airflow.retry import DEFAULT_RETRY_POLICY
+from fgpo_airflow.retry import task_defaults
 from fgpo_airflow.settings import GPU_POOL, GPU_QUEUE, step_run
 
 GPU = {"pool": GPU_POOL, "queue": GPU_QUEUE}
@@ -41,15 +38,7 @@ GPU = {"pool": GPU_POOL, "queue": GPU_QUEUE}
     catchup=False,
     max_active_runs=1,  # runs share the GPU pool and promote to the same registered model
     params=retrain_params(),
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-        "retry_policy": DEFAULT_RETRY_POLICY,
-        "on_failure_callback": on_stage_failure,
-        "on_retry_callback": on_stage_retry,
-    },
+    default_args=task_defaults(),
     tags=["fgpo"],
     doc_md=__doc__,
 )

@@ -12,3 +12,21 @@ DEFAULT_RETRY_POLICY = ExceptionRetryPolicy(rules=[
     RetryRule(exception="fgpo_tasks.errors.FgpoError", action=RetryAction.FAIL,
               reason="fgpo user error (bad params or data): fix it and clear the task"),
 ])
+
+
+def task_defaults() -> dict:
+    """default_args every fgpo DAG shares: retries with exponential backoff, the retry policy
+    above, and the failure/retry callbacks that name the stage and its MLflow run."""
+    from datetime import timedelta
+
+    from fgpo_airflow.callbacks import on_stage_failure, on_stage_retry
+
+    return {
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "retry_policy": DEFAULT_RETRY_POLICY,
+        "on_failure_callback": on_stage_failure,
+        "on_retry_callback": on_stage_retry,
+    }
