@@ -45,6 +45,7 @@ from typing import Any
 from fgpo_tasks.config import check, from_dict, read_yaml, to_dict
 from fgpo_tasks.errors import ConfigError, FgpoError
 from fgpo_tasks.provenance import sha256_hex, stable_json
+from fgpo_tasks.storage import commit_step, safe_name, step_result
 
 log = logging.getLogger(__name__)
 
@@ -180,21 +181,10 @@ def load_experiment(path: str | Path, **overrides) -> ExperimentConfig:
 
 def out_root(cfg: ExperimentConfig, key: str) -> Path:
     from fgpo_tasks.env import work_dir
-    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in key)
-    return Path(cfg.out_dir) if cfg.out_dir else work_dir() / "experiments" / safe
+    return Path(cfg.out_dir) if cfg.out_dir else work_dir() / "experiments" / safe_name(key)
 
 
-def _done(step: Path) -> dict | None:
-    marker = step / "step.json"
-    return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def _commit(step: Path, result: dict) -> dict:
-    step.mkdir(parents=True, exist_ok=True)
-    tmp = step / "step.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    tmp.rename(step / "step.json")
-    return result
+_done, _commit = step_result, commit_step  # storage.py: a step is done when its step.json exists
 
 
 def _require(step: Path, what: str) -> dict:

@@ -23,6 +23,7 @@ from typing import Any
 
 from fgpo_tasks.config import check, from_dict, read_yaml
 from fgpo_tasks.errors import ConfigError
+from fgpo_tasks.storage import commit_step, safe_name, step_result
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ def tracking_uri(cfg: PipelineConfig) -> str:
 
 
 def run_dir(cfg: PipelineConfig, run_key: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in run_key)
-    return str(storage_root(cfg) / "runs" / safe)
+    return str(storage_root(cfg) / "runs" / safe_name(run_key))
 
 
 def _stage_config(cfg: PipelineConfig, stage: str, cls, **overrides):
@@ -110,17 +110,7 @@ def _stage_config(cfg: PipelineConfig, stage: str, cls, **overrides):
     return from_dict(cls, values, where=f"profile {cfg.profile!r} [{stage}]")
 
 
-def _done(step_dir: Path) -> dict | None:
-    marker = step_dir / "step.json"
-    return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def _commit(step_dir: Path, result: dict) -> dict:
-    step_dir.mkdir(parents=True, exist_ok=True)
-    tmp = step_dir / "step.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    tmp.rename(step_dir / "step.json")
-    return result
+_done, _commit = step_result, commit_step  # storage.py: a step is done when its step.json exists
 
 
 def _resolve_source(s: str) -> str:
