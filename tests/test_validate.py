@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from fgpo_tasks import contract
@@ -215,10 +215,11 @@ def test_config_checks_quote_the_bad_value(kw, quoted):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(corruptions=st.dictionaries(st.integers(0, 29), st.lists(
     st.sampled_from(sorted(DEFECTS) + ["duplicate"]), min_size=1, max_size=3), max_size=12))
+@example(corruptions={26: ["duplicate"], 25: ["rating_high", "duplicate"]})  # copy of a row corrupted later
 def test_property_rows_are_conserved_and_corruptions_caught(tmp_path_factory, created_at, corruptions):
     rows = clean_rows(30)
     corrupted = set()
-    for i, kinds in corruptions.items():
+    for i, kinds in sorted(corruptions.items()):  # in row order: a copy must see its source's final form
         for kind in kinds:
             if kind == "duplicate":
                 if i == 0:
