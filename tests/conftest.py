@@ -32,3 +32,14 @@ def shared_data() -> Path:
 @pytest.fixture
 def created_at() -> str:
     return "2026-01-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU spinning threads stall (20x)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,13 +22,7 @@ METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/acc
            "logps/chosen", "logps/rejected"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU spinning threads stall (20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ CONFIG = dict(model="tiny-llama", max_length=96, max_prompt_length=40, lr=2e-3, 
               checkpoint_every=2, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU spinning threads stall (20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -22,13 +22,7 @@ FAST = dict(model="tiny-llama", max_length=96, max_prompt_length=40, lr=2e-3, be
             batch_size=4, logging_steps=1, checkpoint_every=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU spinning threads stall (20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
