@@ -96,11 +96,12 @@ def fgpo_retrain():
                               scores=scored["scores"])
 
     @fgpo_step(**GPU)
-    def evaluate(trained: dict) -> dict:
+    def evaluate(trained: dict, validated: dict, reward_models: list[dict]) -> dict:
         from fgpo_tasks.pipeline import step_evaluate
 
         run = step_run()
-        return step_evaluate(run.params, run.run_key, run.created_at, model=trained["model"])
+        return step_evaluate(run.params, run.run_key, run.created_at, model=trained["model"],
+                             validated=validated, reward_models=list(reward_models))
 
     @fgpo_step(outlets=[REGISTERED_MODEL])
     def register(trained: dict, evaluation: dict, *, outlet_events=None) -> dict:
@@ -118,7 +119,8 @@ def fgpo_retrain():
     scored = score_pd(validated=validated, reward_models=reward_models)
     selected = select(validated=validated, scored=scored)
     trained = train_dpo(selected=selected, scored=scored)
-    register(trained=trained, evaluation=evaluate(trained))
+    evaluation = evaluate(trained=trained, validated=validated, reward_models=reward_models)
+    register(trained=trained, evaluation=evaluation)
 
 
 fgpo_retrain()

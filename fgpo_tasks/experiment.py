@@ -44,6 +44,7 @@ from typing import Any
 
 from fgpo_tasks.config import check, from_dict, read_yaml, to_dict
 from fgpo_tasks.errors import ConfigError, FgpoError
+from fgpo_tasks.holdout import prompt_part, split_for_evaluation  # noqa: F401 (re-exported)
 from fgpo_tasks.provenance import sha256_hex, stable_json
 from fgpo_tasks.storage import commit_step, safe_name, step_result
 
@@ -302,23 +303,6 @@ def _ingest_config(cfg: ExperimentConfig, pool: PoolSpec, seed: int):
     if "synthetic" in pool.format and pool.seed_data:
         values["synthetic"] = {**values.get("synthetic", {}), **pool.ingest.get("synthetic", {}), "seed": seed}
     return from_dict(IngestConfig, values, where=f"pool {pool.name!r} [ingest]")
-
-
-def prompt_part(prompt_key: str, seed: int) -> float:
-    """A number in [0, 1) fixed by a prompt and a seed: the evaluation split's coin."""
-    return int(sha256_hex("eval-split", str(seed), prompt_key)[:12], 16) / 16 ** 12
-
-
-def split_for_evaluation(df, fraction: float, prompt_fraction: float, seed: int):
-    """(pool, eval-RM training, eval-prompt) frames: disjoint by prompt (see the module doc)."""
-    from fgpo_tasks import contract
-
-    import numpy as np
-
-    u = np.array([prompt_part(contract.prompt_key(p, list(m) if m is not None and len(m) else None), seed)
-                  for p, m in zip(df["prompt"], df["prompt_messages"])])
-    held, to_prompts = u < fraction, u < fraction * prompt_fraction
-    return df[~held], df[held & ~to_prompts], df[to_prompts]
 
 
 def _cap(df, max_pairs: int | None, seed: int):

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(os.environ.get("FGPO_PROFILES_DIR", REPO / "configs" / "pipeline"))
-STAGES = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate")
+STAGES = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate", "eval_reward_models")
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
 
 
@@ -60,6 +60,10 @@ class PipelineConfig:
     model_name: str = field(default="fgpo-policy", metadata={"help": "registered model name"})
     storage_root: str | None = field(default=None, metadata={
         "help": "where runs write their artifacts (default: <work folder>/storage)"})
+    holdout: dict | None = field(default=None, metadata={
+        "help": "evaluation split for data without an exact scorer (fgpo_tasks.holdout): "
+                "{fraction, prompt_fraction, seed}; held-out prompts train evaluation reward models "
+                "(section eval_reward_models) and are the evaluation prompts; null = no split"})
     stages: dict[str, dict] = field(default_factory=dict, metadata={
         "help": f"per-stage config sections: {list(STAGES)}"})
 
@@ -71,6 +75,10 @@ class PipelineConfig:
               f"for {len(self.source)} sources")
         unknown = sorted(set(self.stages) - set(STAGES))
         check(not unknown, f"unknown stage section(s) {unknown}; known: {list(STAGES)}")
+        if self.holdout is not None:
+            from fgpo_tasks.holdout import HoldoutConfig
+            check(isinstance(self.holdout, dict), f"holdout must be a mapping or null, got {self.holdout!r}")
+            from_dict(HoldoutConfig, self.holdout, where=f"profile {self.profile!r} [holdout]")
 
 
 def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
@@ -164,7 +172,11 @@ def step_ingest(params: dict, run_key: str, created_at: str) -> dict:
 
 
 def step_validate(params: dict, run_key: str, created_at: str, data: str) -> dict:
-    """Great Expectations suite; returns the clean pairs and the aspects to train reward models on."""
+    """Great Expectations suite; returns the clean pairs and the aspects to train reward models on.
+
+    With a ``holdout`` split, ``data`` is the pool that the split leaves, and ``eval_rm`` /
+    ``eval_prompts`` are the pair directories of the evaluation reward models and prompts."""
+    from fgpo_tasks.holdout import HoldoutConfig, write_split
     from fgpo_tasks.validate import ValidateConfig, run_validate
 
     cfg = pipeline_config(params)
@@ -172,16 +184,23 @@ def step_validate(params: dict, run_key: str, created_at: str, data: str) -> dic
     if done := _done(step):
         return done
     config = _stage_config(cfg, "validate", ValidateConfig, aspects=cfg.aspects or None)
-    out = step / "data"
-    metrics = run_validate(data, out, config, created_at)
-    aspects = sorted(_manifest(out)["row_counts"]["per_aspect"])
+    validated = step / "data"
+    metrics = run_validate(data, validated, config, created_at)
     counts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    out, split = validated, {}
+    if cfg.holdout is not None:
+        split = write_split(validated, step / "holdout", from_dict(HoldoutConfig, cfg.holdout), created_at)
+        out = Path(split["pool"])
+        counts.update({k: v for k, v in split.items() if k.startswith("n_")})
+    aspects = sorted(_manifest(out)["row_counts"]["per_aspect"])
     run_id = _log(cfg, run_key, "validate", config=config, metrics=counts,
-                  artifacts=[out / "validation_result.json", out / "quarantine.parquet", out / "data_docs"],
-                  datasets=[(out, "training")])
+                  artifacts=[validated / "validation_result.json", validated / "quarantine.parquet",
+                             validated / "data_docs"],
+                  datasets=[(out, "training")] + ([(split["eval_prompts"], "evaluation")] if split else []))
     # RAF needs one unified reward model over the whole pool, trained beside the per-aspect ones.
     reward_models = aspects + (["__all__"] if cfg.strategy == "raf" else [])
     return _commit(step, {"data": str(out), "aspects": aspects, "reward_models": reward_models,
+                          **{k: split[k] for k in ("eval_rm", "eval_prompts") if k in split},
                           **counts, "mlflow_run_id": run_id})
 
 
@@ -277,8 +296,30 @@ def _champion_dir(cfg: PipelineConfig) -> str | None:
     return None
 
 
-def step_evaluate(params: dict, run_key: str, created_at: str, model: str) -> dict:
-    """Candidate against the champion (else the reference policy), scored by evaluation RMs."""
+def _eval_reward_models(cfg: PipelineConfig, created_at: str, eval_rm: str, out: Path) -> dict[str, list[str]]:
+    """One evaluation reward model per aspect on the held-out ``eval_rm`` pairs (section
+    ``eval_reward_models`` over the proxies' ``reward_models`` section); a model already
+    trained under ``out`` is reused, so a retried evaluate task does not retrain it."""
+    from fgpo_tasks import contract
+    from fgpo_tasks.reward_models import MODEL_FILE, RewardModelConfig, run_reward_model
+
+    values = {**cfg.stages.get("reward_models", {}), **cfg.stages.get("eval_reward_models", {})}
+    config = from_dict(RewardModelConfig, values, where=f"profile {cfg.profile!r} [eval_reward_models]")
+    models = {}
+    for aspect in sorted(contract.read_pairs(eval_rm)["aspect"].unique()):
+        if not (out / aspect / MODEL_FILE).is_file():
+            run_reward_model(eval_rm, aspect, out, config, created_at)
+        models[aspect] = [f"fgpo:{out / aspect}"]
+    return models
+
+
+def step_evaluate(params: dict, run_key: str, created_at: str, model: str, validated: dict | None = None,
+                  reward_models: list[dict] | None = None) -> dict:
+    """Candidate against the champion (else the reference policy), scored by evaluation RMs.
+
+    With a ``holdout`` split (``validated`` carries ``eval_rm`` / ``eval_prompts``), evaluation
+    reward models are trained on the held-out pairs, the prompts come from the held-out prompt
+    part, and the proxies (``reward_models``) are named so that none is used as a judge."""
     from fgpo_tasks.dpo.config import DPOConfig
     from fgpo_tasks.evaluate import EvalConfig, run_evaluate
     from fgpo_tasks.models import pretrained_path
@@ -288,7 +329,15 @@ def step_evaluate(params: dict, run_key: str, created_at: str, model: str) -> di
     step = _step_dir(cfg, run_key, "evaluate")
     if done := _done(step):
         return done
-    config = _stage_config(cfg, "evaluate", EvalConfig)
+    overrides: dict[str, Any] = {}
+    if validated and validated.get("eval_rm"):
+        overrides = {
+            "eval_models": _eval_reward_models(cfg, created_at, validated["eval_rm"], step / "eval_reward_models"),
+            "prompt_source": "pairs", "prompt_path": validated["eval_prompts"],
+            # the split's parts share the validated data as lineage: name the training pool instead
+            "follow_lineage": False, "exclude_pairs": [validated["data"]],
+            "proxy_models": [f"fgpo:{m['model']}" for m in reward_models or []]}
+    config = _stage_config(cfg, "evaluate", EvalConfig, **overrides)
     dpo = _stage_config(cfg, "dpo", DPOConfig, model=cfg.policy_model)
     baseline = _champion_dir(cfg) or pretrained_path(dpo.ref_model or dpo.model)
     out = step / "results"
@@ -359,7 +408,7 @@ def run_pipeline(params: dict, run_key: str, created_at: str) -> dict:
     scores = step_score(params, run_key, created_at, valid["data"], models)
     selected = step_select(params, run_key, created_at, valid["data"], scores["scores"])
     trained = step_train_dpo(params, run_key, created_at, selected["data"], scores["scores"])
-    evaluation = step_evaluate(params, run_key, created_at, trained["model"])
+    evaluation = step_evaluate(params, run_key, created_at, trained["model"], valid, models)
     registered = step_register(params, run_key, created_at, trained["model"], evaluation)
     return {"run_key": run_key, "run_dir": run_dir(pipeline_config(params), run_key), "ingest": ingested,
             "validate": valid, "reward_models": models, "score": scores, "select": selected,

@@ -19,7 +19,7 @@ import pandas as pd
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import ConfigError, InputError
-from fgpo_tasks.provenance import code_version
+from fgpo_tasks.provenance import code_version, sha256_hex
 from fgpo_tasks.storage import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,27 @@ class SelectConfig:
         "help": "ova/avg: a response's ratings from every pair it appears in count for all its pairs"})
     embedding_cache_dir: str | None = field(default=None, metadata={
         "help": "raf: embedding cache root of a frozen unified model; default: the model's own"})
+    max_pairs: int | None = field(default=None, metadata={
+        "help": "keep at most this many of the selected pairs: a seeded uniform sample of the "
+                "selection (a small-compute run trains on a sample of what the strategy chose, "
+                "not on a different ranking); null = no cap"})
 
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         check(0.0 < self.budget <= 1.0, f"budget must be in (0, 1], got {self.budget}")
+        check(self.max_pairs is None or self.max_pairs >= 1, f"max_pairs must be >= 1 or null, got {self.max_pairs}")
+
+
+def cap_selection(selected: pd.DataFrame, max_pairs: int | None, seed: int) -> pd.DataFrame:
+    """At most max_pairs rows of ``selected``: a uniform sample fixed by the seed and the pair ids
+    (not by row order), kept in the selection's order."""
+    if max_pairs is None or len(selected) <= max_pairs:
+        return selected
+    ids = selected["pair_id"].astype(str).to_numpy()
+    keys = np.array([sha256_hex("cap", str(seed), i) for i in ids])
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[np.argsort(keys, kind="stable")[:max_pairs]] = True
+    return selected[keep]
 
 
 def n_keep(budget: float, n: int) -> int:
@@ -223,6 +240,11 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     if config.strategy in FULL_DATA and config.budget != 1.0:
         log.info("strategy %r keeps the whole pool: budget %s not applied", config.strategy, config.budget)
     selected, info = select_pairs(df, scores, config, s_manifest)
+    if config.max_pairs is not None and len(selected) > config.max_pairs:
+        info["n_before_cap"] = int(len(selected))
+        selected = cap_selection(selected, config.max_pairs, config.seed)
+        log.info("max_pairs=%d: training on a uniform sample of %d of the %d selected pairs",
+                 config.max_pairs, len(selected), info["n_before_cap"])
     chosen_mask = df["pair_id"].isin(set(selected["pair_id"])).to_numpy()
     before, after = contract.counts(df), contract.counts(selected)
     cut = info.get("threshold")

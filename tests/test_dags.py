@@ -21,7 +21,8 @@ STEP_TASKS = {"ingest", "validate", "train_reward_model", "score_pd", "select", 
 EDGES = {  # task -> its upstream tasks
     "ingest": [], "validate": ["ingest"], "aspects": ["validate"],
     "train_reward_model": ["aspects", "validate"], "score_pd": ["train_reward_model", "validate"],
-    "select": ["score_pd", "validate"], "train_dpo": ["score_pd", "select"], "evaluate": ["train_dpo"],
+    "select": ["score_pd", "validate"], "train_dpo": ["score_pd", "select"],
+    "evaluate": ["train_dpo", "train_reward_model", "validate"],
     "register": ["evaluate", "train_dpo"],
 }
 

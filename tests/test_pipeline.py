@@ -111,3 +111,63 @@ def test_retrain_dag_end_to_end_registers_the_model_with_metrics(tmp_path):
     # The DAG again on the same data and settings (a new run id, the same data key): nothing new.
     _airflow(["dags", "test", "fgpo_retrain", "2026-01-01T00:00:00+00:00", "-c", conf], env)
     assert len(_versions(env["MLFLOW_TRACKING_URI"], "fgpo-policy-tiny")) == 1
+
+
+def test_holdout_split_trains_evaluation_models_on_prompts_the_pool_never_saw(tmp_path):
+    """A profile with ``holdout`` (as helpsteer2's): the pool, the evaluation reward models' pairs
+    and the evaluation prompts are disjoint by prompt, the judges are trained on the held-out
+    pairs (not the proxies), and every evaluation prompt comes from the held-out prompt part."""
+    from fgpo_tasks import contract
+
+    params = {**_params(tmp_path), "holdout": {"fraction": 0.4, "prompt_fraction": 0.5, "seed": 0},
+              "stages": {"select": {"max_pairs": 12}}}
+    result = pipeline.run_pipeline(params, "hold-1", CREATED_AT)
+    valid = result["validate"]
+    parts = {name: contract.read_pairs(valid[name]) for name in ("data", "eval_rm", "eval_prompts")}
+    prompts = {name: set(df["prompt"]) for name, df in parts.items()}
+    assert not prompts["data"] & prompts["eval_rm"] and not prompts["data"] & prompts["eval_prompts"]
+    assert not prompts["eval_rm"] & prompts["eval_prompts"]
+    assert sum(len(df) for df in parts.values()) == valid["rows_accepted"]
+    assert valid["n_pool"] == len(parts["data"]) and min(valid["n_eval_rm"], valid["n_eval_prompts"]) > 0
+
+    assert result["select"]["selected"] == 12  # the cap: a sample of the 30% PD kept
+    selected = contract.read_pairs(result["select"]["data"])
+    manifest = contract.read_manifest(result["select"]["data"])
+    assert manifest["selection"]["n_before_cap"] == round(0.3 * len(parts["data"]))
+    assert set(selected["pair_id"]) <= set(parts["data"]["pair_id"])
+
+    out = Path(result["evaluate"]["results"])
+    res = json.loads((out / "results.json").read_text())
+    judges = {spec for specs in res["config"]["eval_models"].values() for spec in specs}
+    proxies = {f"fgpo:{m['model']}" for m in result["reward_models"]}
+    assert judges and not judges & proxies
+    for spec in judges:
+        info = json.loads((Path(spec[len("fgpo:"):]) / "reward_model.json").read_text())
+        assert info["data_fingerprint"] == contract.content_fingerprint(parts["eval_rm"])
+    with open(out / "generations.jsonl", encoding="utf-8") as fh:
+        asked = {json.loads(line)["prompt"] for line in fh}
+    assert asked and asked <= prompts["eval_prompts"]
+    assert result["register"]["version"] == "1"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in pipeline.PROFILES_DIR.glob("*.yaml")))
+def test_every_profile_builds_every_stage_config(profile):
+    """A typo in a profile fails here, not 10 minutes into a DAG run."""
+    from fgpo_tasks.config import from_dict
+    from fgpo_tasks.dpo.config import DPOConfig
+    from fgpo_tasks.evaluate import EvalConfig
+    from fgpo_tasks.ingest import IngestConfig
+    from fgpo_tasks.reward_models import RewardModelConfig
+    from fgpo_tasks.scoring import ScoreConfig
+    from fgpo_tasks.selection import SelectConfig
+    from fgpo_tasks.validate import ValidateConfig
+
+    cfg = pipeline.pipeline_config({"profile": profile})
+    classes = {"ingest": IngestConfig, "validate": ValidateConfig, "reward_models": RewardModelConfig,
+               "score": ScoreConfig, "select": SelectConfig, "dpo": DPOConfig, "evaluate": EvalConfig}
+    for stage, cls in classes.items():
+        pipeline._stage_config(cfg, stage, cls)
+    from_dict(RewardModelConfig, {**cfg.stages.get("reward_models", {}), **cfg.stages.get("eval_reward_models", {})})
+    for source in cfg.source:
+        resolved = Path(pipeline._resolve_source(source))
+        assert source == "toy-world" or resolved.exists(), f"{profile}: source {source} not found"

@@ -217,3 +217,17 @@ def test_real_helpsteer_ratings_pd_from_ratings(shared_data, tmp_path, created_a
         return np.mean([sum(np.sign(rc[a] - rr[a]) for a in aspects if a != k) > 0
                         for rc, rr, k in zip(df["ratings_chosen"], df["ratings_rejected"], df["aspect"])])
     assert agree(sel) > agree(contract.read_pairs(tmp_path / "data")) + 0.1
+
+
+def test_max_pairs_caps_the_selection_with_a_sample_independent_of_row_order():
+    from fgpo_tasks.selection import cap_selection
+
+    df = pd.DataFrame({"pair_id": [f"p{i:03d}" for i in range(100)], "x": range(100)})
+    capped = cap_selection(df, 10, seed=0)
+    assert len(capped) == 10 and capped["pair_id"].is_unique
+    shuffled = cap_selection(df.sample(frac=1.0, random_state=1), 10, seed=0)
+    assert set(shuffled["pair_id"]) == set(capped["pair_id"])
+    assert set(cap_selection(df, 10, seed=1)["pair_id"]) != set(capped["pair_id"])
+    assert cap_selection(df, 100, seed=0) is df and cap_selection(df, None, seed=0) is df
+    with pytest.raises(ConfigError, match="max_pairs"):
+        SelectConfig(max_pairs=0)
