@@ -247,11 +247,22 @@ def _resolve_source(s: str) -> str:
 _FREE_FIELDS = ("seeds", "description", "tracking_uri", "out_dir", "threads", "keep_models")
 
 
+def _identity(cfg: ExperimentConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg).items() if k not in _FREE_FIELDS}
+
+
+def _mlflow_key(cfg: ExperimentConfig, key: str, *parts: str) -> str:
+    """The MLflow run key of a unit: the run key plus the config's hash, so a run key reused with
+    another config (after its folder was deleted) makes new MLflow runs instead of clashing with
+    the old runs' params."""
+    return ":".join([key, sha256_hex(stable_json(_identity(cfg)))[:8], *parts])
+
+
 def check_same_config(cfg: ExperimentConfig, key: str) -> None:
     """Record the config of a run key on its first run; refuse a later run with another config,
     whose finished units would otherwise be reused as if they had been made with it."""
     root = out_root(cfg, key)
-    mine = {k: v for k, v in to_dict(cfg).items() if k not in _FREE_FIELDS}
+    mine = _identity(cfg)
     path = root / "experiment.json"
     if path.is_file():
         before = json.loads(path.read_text())
@@ -634,7 +645,7 @@ def _tracker(cfg: ExperimentConfig, key: str, pool: str, seed: int, arm: ArmSpec
     tags = {ROLE_TAG: "arm", "fgpo.experiment": key, "fgpo.pool": pool, "fgpo.seed": seed, "fgpo.arm": arm.name,
             "fgpo.strategy": arm.strategy, "fgpo.loss_type": arm.loss_type, "fgpo.budget": arm.budget or cfg.budget,
             "fgpo.starting_policy": cfg.starting_policy}
-    tracker = Tracker(f"{key}:{pool}:s{seed}:{arm.name}",
+    tracker = Tracker(_mlflow_key(cfg, key, pool, f"s{seed}", arm.name),
                       TrackingConfig(tracking_uri=_tracking_uri(cfg), experiment_name=cfg.experiment_name,
                                      system_metrics=False),
                       run_name=f"{pool}/seed{seed}/{arm.name}", tags=tags)
@@ -649,7 +660,7 @@ def _log_shared(cfg: ExperimentConfig, key: str, pool: dict) -> None:
     from fgpo_tasks.tracking import Tracker, TrackingConfig
 
     tags = {ROLE_TAG: "shared", "fgpo.experiment": key, "fgpo.pool": pool["pool"], "fgpo.seed": pool["seed"]}
-    tracker = Tracker(f"{key}:{pool['pool']}:s{pool['seed']}:shared",
+    tracker = Tracker(_mlflow_key(cfg, key, pool["pool"], f"s{pool['seed']}", "shared"),
                       TrackingConfig(tracking_uri=_tracking_uri(cfg), experiment_name=cfg.experiment_name,
                                      system_metrics=False),
                       run_name=f"{pool['pool']}/seed{pool['seed']}/shared", tags=tags)
@@ -666,7 +677,7 @@ def _log_report(cfg: ExperimentConfig, key: str, root: Path) -> None:
     from fgpo_tasks.tracking import Tracker, TrackingConfig
 
     try:
-        tracker = Tracker(f"{key}:report", TrackingConfig(tracking_uri=_tracking_uri(cfg),
+        tracker = Tracker(_mlflow_key(cfg, key, "report"), TrackingConfig(tracking_uri=_tracking_uri(cfg),
                                                           experiment_name=cfg.experiment_name, system_metrics=False),
                           run_name=f"{key}/report", tags={ROLE_TAG: "report", "fgpo.experiment": key})
         for name in ("results.md", "results.csv", "results.png", "results.json"):

@@ -201,3 +201,17 @@ def test_a_run_key_refuses_a_changed_config(tmp_path):
     experiment.check_same_config(from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "seeds": [0, 1]}), "k")
     with pytest.raises(ConfigError, match=r"another config \(changed: \['budget'\]\)"):
         experiment.check_same_config(from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "budget": 0.5}), "k")
+
+
+def test_mlflow_run_keys_follow_the_config_so_a_restarted_run_key_never_clashes(tmp_path):
+    """A run key restarted with another config (its folder deleted, as the refusal above advises)
+    must open new MLflow runs: MLflow refuses to change a logged param of the old ones."""
+    cfg = tiny_config(tmp_path, "tiny-llama")
+    key = experiment._mlflow_key(cfg, "k", "c20", "s0", "pd")
+    assert key.startswith("k:") and key.endswith(":c20:s0:pd")
+    same = tiny_config(tmp_path, "tiny-llama")
+    same.seeds, same.threads = [0, 1, 2], 2  # free fields: a finished unit stays valid
+    assert experiment._mlflow_key(same, "k", "c20", "s0", "pd") == key
+    changed = tiny_config(tmp_path, "tiny-llama")
+    changed.stages["dpo"]["lr"] = 5e-4
+    assert experiment._mlflow_key(changed, "k", "c20", "s0", "pd") != key
