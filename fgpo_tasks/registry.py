@@ -146,6 +146,7 @@ def _log_policy(tracker: Tracker, run_id: str, model_dir: Path, config: Register
             f"log model {model_dir}", mlflow.transformers.log_model, transformers_model=pipe,
             name="policy", task="text-generation", run_id=run_id,
             pip_requirements=config.pip_requirements or _pip_requirements(), signature=signature,
+            model_config={"return_full_text": False},  # predict() answers; it does not echo the prompt
             metadata={"fgpo": json.loads(json.dumps(info, default=str))})
     finally:
         flavor_log.setLevel(level)

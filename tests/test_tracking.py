@@ -140,6 +140,12 @@ def test_evaluate_register_gate_and_idempotence(server, policies, tmp_path, crea
     arts = server.rest("artifacts/list", run_id=eval_run, path="evaluation/plots")
     assert {f["path"] for f in arts["files"]} == {"evaluation/plots/correctness.png",
                                                   "evaluation/plots/conciseness.png"}
+    import mlflow
+
+    mlflow.set_tracking_uri(server.uri)
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
+    (answer,) = served.predict(["Tell me about cats."], params={"max_new_tokens": 4})
+    assert isinstance(answer, str) and not answer.startswith("Tell me about cats.")  # the answer only
 
     # 2. 'bad' against the champion: loses conciseness, gets only challenger; the run says why.
     ev2 = evaluate(policies["bad"], policies["good"], tmp_path / "ev2", created_at)
