@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -45,7 +46,7 @@ import numpy as np
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import ConfigError, FgpoError, InputError
-from fgpo_tasks.provenance import code_version, file_fingerprint, sha256_hex
+from fgpo_tasks.provenance import code_version, file_fingerprint, sha256_hex, stable_json
 from fgpo_tasks.storage import atomic_dir
 from fgpo_tasks.synthetic import ASPECTS as SYNTHETIC_ASPECTS
 
@@ -104,6 +105,10 @@ class EvalConfig:
     ci_level: float = field(default=0.95, metadata={"help": "confidence level of the win-rate CI"})
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resampling"})
     plots: bool = field(default=True, metadata={"help": "write plots/<aspect>.png"})
+    generation_cache: bool = field(default=True, metadata={
+        "help": "reuse a policy's responses to the same prompts under the same decoding settings "
+                "(the starting policy in every arm of an experiment, the champion on every retrain), "
+                "kept under <work>/cache/generations; false = always generate"})
 
     def __post_init__(self):
         self.exclude_pairs = list(self.exclude_pairs)
@@ -312,6 +317,40 @@ def _prompt_text(tok, p: dict, use_chat_template: bool) -> tuple[str, bool]:
         messages = p.get("messages") or [{"role": "user", "content": p["prompt"]}]
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
     return p["prompt"], False
+
+
+GENERATION_CACHE_VERSION = "1"  # bump when generate_responses changes what it produces
+
+
+def _generation_key(model_dir: str | Path, prompts: list[dict], config: EvalConfig) -> str:
+    """Everything the responses depend on: the weights, the prompts, the decoding settings."""
+    import torch
+    import transformers
+
+    settings = {k: getattr(config, k) for k in ("decoding", "temperature", "top_p", "max_new_tokens",
+                                                 "max_prompt_tokens", "batch_size", "seed", "use_chat_template")}
+    return sha256_hex(GENERATION_CACHE_VERSION, model_fingerprint(model_dir),
+                      stable_json([_key(p) for p in prompts]), stable_json(settings), _device(config),
+                      torch.__version__, transformers.__version__)
+
+
+def cached_responses(model_dir: str | Path, prompts: list[dict], config: EvalConfig, desc: str = "generate",
+                     cache_dir: str | Path | None = None) -> list[str]:
+    """generate_responses, memoised on disk by _generation_key when config.generation_cache is on."""
+    if not config.generation_cache:
+        return generate_responses(model_dir, prompts, config, desc=desc)
+    from fgpo_tasks.env import work_dir
+
+    path = Path(cache_dir or work_dir() / "cache" / "generations") / f"{_generation_key(model_dir, prompts, config)}.json"
+    if path.is_file():
+        log.info("%s: responses of %s reused from %s", desc, model_dir, path)
+        return json.loads(path.read_text(encoding="utf-8"))
+    out = generate_responses(model_dir, prompts, config, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)  # atomic: a reader sees the whole list or nothing
+    return out
 
 
 def generate_responses(model_dir: str | Path, prompts: list[dict], config: EvalConfig,
@@ -608,8 +647,8 @@ def run_evaluate(model: str | Path, baseline: str | Path, out_dir: str | Path, c
         plist, record = load_prompts(config, model)
     texts = [p["prompt"] for p in plist]
     log.info("evaluating %s vs %s on %d prompts", model, baseline, len(plist))
-    cand_resp = generate_responses(model, plist, config, desc="candidate")
-    base_resp = generate_responses(baseline, plist, config, desc="baseline")
+    cand_resp = cached_responses(model, plist, config, desc="candidate")
+    base_resp = cached_responses(baseline, plist, config, desc="baseline")
 
     tok = None
     if config.length_unit == "tokens":

@@ -156,6 +156,25 @@ def test_generation_is_batch_invariant_and_seeded(policies):
     assert a == b and a != c
 
 
+def test_generation_cache_reuses_responses_only_for_the_same_model_prompts_and_decoding(
+        policies, tmp_path, monkeypatch):
+    from fgpo_tasks import evaluate
+
+    calls = []
+    real = evaluate.generate_responses
+    monkeypatch.setattr(evaluate, "generate_responses", lambda m, p, c, desc="": calls.append(m) or real(m, p, c))
+    prompts, _ = load_prompts(small_config(n_prompts=4))
+    cache = tmp_path / "gen"
+    first = evaluate.cached_responses(policies["bad"], prompts, small_config(), cache_dir=cache)
+    assert evaluate.cached_responses(policies["bad"], prompts, small_config(), cache_dir=cache) == first
+    assert len(calls) == 1  # the second call was served from the cache
+    evaluate.cached_responses(policies["bad"], prompts, small_config(max_new_tokens=3), cache_dir=cache)
+    evaluate.cached_responses(policies["good"], prompts, small_config(), cache_dir=cache)
+    evaluate.cached_responses(policies["bad"], prompts[:3], small_config(), cache_dir=cache)
+    evaluate.cached_responses(policies["bad"], prompts, small_config(generation_cache=False), cache_dir=cache)
+    assert len(calls) == 5 and len(list(cache.glob("*.json"))) == 4
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 def test_run_evaluate_writes_every_figure(policies, tmp_path, created_at):
