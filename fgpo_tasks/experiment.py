@@ -521,8 +521,13 @@ def _selection_cost(arm: ArmSpec, pool: dict) -> float:
     return s
 
 
+CONFLICT_COVERAGE = 0.5  # report the true-conflict share only where this much of a selection has ratings PD
+
+
 def _true_conflict(selected_dir: str, scores_dir: str | None) -> dict:
-    """Mean PD from ratings of the selected pairs and the share with PD > 0 (synthetic: the truth)."""
+    """Mean PD from ratings of the selected pairs and the share with PD > 0 (synthetic: the truth),
+    when at least CONFLICT_COVERAGE of the selected pairs carry PD from ratings (HelpSteer2: few
+    pairs do, and a share over 2 of 200 pairs would read as a finding)."""
     import numpy as np
 
     from fgpo_tasks import contract
@@ -536,7 +541,10 @@ def _true_conflict(selected_dir: str, scores_dir: str | None) -> dict:
     ids = set(contract.read_pairs(selected_dir)["pair_id"])
     v = scores.loc[scores["pair_id"].isin(ids), "pd_ratings"].to_numpy(dtype=float)
     v = v[np.isfinite(v)]
-    return {"selected_pd_ratings_mean": float(v.mean()), "selected_conflict_fraction": float((v > 0).mean())} if len(v) else {}
+    out = {"selected_with_ratings_pd": int(len(v))}
+    if len(v) and len(v) >= CONFLICT_COVERAGE * len(ids):
+        out.update(selected_pd_ratings_mean=float(v.mean()), selected_conflict_fraction=float((v > 0).mean()))
+    return out
 
 
 def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name: str, created_at: str) -> dict:
@@ -825,14 +833,20 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
         raise FgpoError(f"nothing to report: {root} does not exist (run the experiment first; --run-key "
                         "names the run, default: the config's name)")
     ev = _done(root / "evaluation") or {}
+    pools = [d for u in pool_units(cfg) if (d := _done(root / "pools" / u["pool"] / f"seed{u['seed']}"))]
+    scores = {(d["pool"], d["seed"]): d.get("scores") for d in pools}
     results = []
     for u in arm_units(cfg):
-        done = _done(root / "arms" / u["pool"] / f"seed{u['seed']}" / u["arm"])
+        arm_dir = root / "arms" / u["pool"] / f"seed{u['seed']}" / u["arm"]
+        done = _done(arm_dir)
         if done is None:
             log.warning("arm %s on %s seed %s has not run: left out of the report", u["arm"], u["pool"], u["seed"])
             continue
+        if (arm_dir / "selected").is_dir():  # the conflict facts by the current rule, from the files
+            for k in ("selected_pd_ratings_mean", "selected_conflict_fraction", "selected_with_ratings_pd"):
+                done.pop(k, None)
+            done.update(_true_conflict(str(arm_dir / "selected"), scores.get((u["pool"], u["seed"]))))
         results.append(done)
-    pools = [d for u in pool_units(cfg) if (d := _done(root / "pools" / u["pool"] / f"seed{u['seed']}"))]
     rows = aggregate(cfg, results)
     models = ev.get("eval_models") or {}
     meta = {"n_prompts": ev.get("n_prompts"),

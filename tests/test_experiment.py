@@ -215,3 +215,19 @@ def test_mlflow_run_keys_follow_the_config_so_a_restarted_run_key_never_clashes(
     changed = tiny_config(tmp_path, "tiny-llama")
     changed.stages["dpo"]["lr"] = 5e-4
     assert experiment._mlflow_key(changed, "k", "c20", "s0", "pd") != key
+
+
+def test_true_conflict_share_needs_ratings_pd_on_most_of_the_selection(tmp_path):
+    from fgpo_tasks import contract, synthetic
+    from fgpo_tasks.scoring import ScoreConfig, run_score
+
+    df = pd.DataFrame(synthetic.generate(synthetic.SyntheticConfig(n_pairs=40, seed=5, conflict_rate=0.3)))
+    df.loc[10:, ["ratings_chosen", "ratings_rejected"]] = None  # only the first 10 pairs are rated
+    contract.write_pairs(df, tmp_path / "pool", stage="test", config={}, created_at="t")
+    run_score(tmp_path / "pool", tmp_path / "scores", ScoreConfig(from_ratings=True, pool_ratings=False,
+                                                                  progress=False), "t")
+    contract.write_pairs(df.iloc[:10], tmp_path / "rated", stage="test", config={}, created_at="t")
+    rated = experiment._true_conflict(str(tmp_path / "rated"), str(tmp_path / "scores"))
+    assert rated["selected_with_ratings_pd"] == 10 and 0 <= rated["selected_conflict_fraction"] <= 1
+    mostly_unrated = experiment._true_conflict(str(tmp_path / "pool"), str(tmp_path / "scores"))
+    assert mostly_unrated == {"selected_with_ratings_pd": 10}  # 10 of 40: no share reported
