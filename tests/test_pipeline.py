@@ -171,3 +171,19 @@ def test_every_profile_builds_every_stage_config(profile):
     for source in cfg.source:
         resolved = Path(pipeline._resolve_source(source))
         assert source == "toy-world" or resolved.exists(), f"{profile}: source {source} not found"
+
+
+@pytest.mark.slow
+def test_helpsteer2_profile_runs_end_to_end_on_the_real_files(tmp_path, shared_data):
+    """The helpsteer2 profile as shipped (MiniLM proxies, SmolLM2 LoRA, holdout judges), with the
+    DPO sample and the evaluation shrunk: ~6 min on 2 CPU cores, most of it embedding the pool."""
+    params = {**_params(tmp_path), "profile": "helpsteer2", "stages": {
+        "select": {"seed": 0, "max_pairs": 8},
+        "evaluate": {"n_prompts": 4, "max_new_tokens": 8, "batch_size": 4, "bootstrap_samples": 50,
+                     "plots": False}}}
+    result = pipeline.run_pipeline(params, "hs2", CREATED_AT)
+    assert result["validate"]["aspects"] == ["coherence", "complexity", "correctness", "helpfulness", "verbosity"]
+    assert result["select"]["selected"] == 8
+    res = json.loads((Path(result["evaluate"]["results"]) / "results.json").read_text())
+    assert set(res["aspects"]) == set(result["validate"]["aspects"]) and res["prompts"]["n_prompts"] == 4
+    assert result["register"]["version"] == "1" and "challenger" in result["register"]["aliases"]
