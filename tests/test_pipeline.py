@@ -176,7 +176,7 @@ def test_every_profile_builds_every_stage_config(profile):
 @pytest.mark.slow
 def test_helpsteer2_profile_runs_end_to_end_on_the_real_files(tmp_path, shared_data):
     """The helpsteer2 profile as shipped (MiniLM proxies, SmolLM2 LoRA, holdout judges), with the
-    DPO sample and the evaluation shrunk: ~6 min on 2 CPU cores, most of it embedding the pool."""
+    DPO sample and the evaluation shrunk: 16 min on 2 CPU cores shared with another job, cold caches."""
     params = {**_params(tmp_path), "profile": "helpsteer2", "stages": {
         "select": {"seed": 0, "max_pairs": 8},
         "evaluate": {"n_prompts": 4, "max_new_tokens": 8, "batch_size": 4, "bootstrap_samples": 50,
