@@ -32,6 +32,7 @@ Output folder: ``results.json`` (every figure), ``results.md`` and ``results.csv
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -523,7 +524,18 @@ def _model_record(path: str | Path) -> dict[str, Any]:
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """Content hash of a policy folder's weights, config and tokenizer (what the registry compares)."""
+    """Content hash of a policy folder's weights, config and tokenizer (what the registry compares).
+
+    Memoised in-process by every file's (path, size, mtime): an evaluation needs a policy's hash
+    for the generation cache and again for results.json, and a policy's weights are hundreds of MB."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _fingerprint(str(root.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(path: str, stamp: tuple) -> str:
     return file_fingerprint(path)
 
 

@@ -175,6 +175,17 @@ def test_generation_cache_reuses_responses_only_for_the_same_model_prompts_and_d
     assert len(calls) == 5 and len(list(cache.glob("*.json"))) == 4
 
 
+def test_model_fingerprint_is_memoised_but_follows_a_changed_file(tmp_path):
+    from fgpo_tasks.evaluate import model_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    first = model_fingerprint(tmp_path)
+    assert model_fingerprint(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"abcd")  # new size (and mtime): hashed again
+    assert model_fingerprint(tmp_path) != first
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 def test_run_evaluate_writes_every_figure(policies, tmp_path, created_at):
