@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import pkgutil
 import sys
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import __version__, commands
 from fgpo_tasks.env import setup_environment
 from fgpo_tasks.errors import FgpoError
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fgpo {args.command}: interrupted", file=sys.stderr)
         return 130
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(jsonio.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -19,7 +19,6 @@ Output folder: ``pairs.parquet`` + ``manifest.json`` (on success only), ``quaran
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import FgpoError
@@ -531,8 +531,8 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
                                                       "rows_quarantined", "table_failures")},
                   "expectations": summary["expectations"],
                   "results": [row_result.to_json_dict(), table_result.to_json_dict()]}
-        (tmp / RESULT_FILE).write_text(json.dumps(report, indent=1, default=str) + "\n")
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (tmp / RESULT_FILE).write_text(jsonio.dumps(report, indent=1, default=str) + "\n")
+        (tmp / SUMMARY_FILE).write_text(jsonio.dumps(summary, indent=2, default=str) + "\n")
         contract.write_pair_table(quarantined, tmp, QUARANTINE_FILE)
         if config.data_docs:
             _build_docs(context, [row_result, table_result], run_name, created_at)
