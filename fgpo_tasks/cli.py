@@ -20,8 +20,8 @@ from fgpo_tasks.env import setup_environment
 from fgpo_tasks.errors import FgpoError
 
 # Pipeline order for --help; commands not listed here follow alphabetically.
-ORDER = ["ingest", "validate", "reward_models", "score", "select", "sft", "train_dpo", "evaluate",
-         "register", "pipeline", "experiment"]
+ORDER = ["ingest", "validate", "reward_models", "score", "select", "export", "sft", "train_dpo",
+         "evaluate", "register", "pipeline", "experiment"]
 
 
 def _command_modules() -> list[tuple[str, object]]:
