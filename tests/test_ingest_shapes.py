@@ -386,3 +386,14 @@ def test_help_lists_aspect_and_set():
 def test_config_rejects_unknown_label_setup():
     with pytest.raises(ConfigError, match="response_columns"):
         IngestConfig(response_columns=["a"])
+
+
+def test_hub_split_name_is_not_an_aspect(tmp_path, created_at, monkeypatch):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "response_0": "a", "response_1": f"b{i}", "better_response_id": 1,
+             "helpfulness_score_0": 1.0, "helpfulness_score_1": 3.0} for i in range(3)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
+    run_ingest(["org/hs2-pairs"], ["helpsteer2-aspects"], tmp_path / "out", IngestConfig(hub_split="train_prefs"),
+               created_at)
+    assert set(read_pairs(tmp_path / "out")["aspect"]) == {"helpfulness"}

@@ -254,6 +254,8 @@ def _helpsteer2_aspects(row: Row, ctx: Context) -> list[dict]:
     responses = [text(d, "response_0"), text(d, "response_1")]
     better = choice(d, "better_response_id", loose)
     label, prefix = file_aspect(row.file.rel, cfg.aspect_map)
+    if row.file.hub_id is not None and not _mapped(row.file.rel, cfg.aspect_map):
+        label = prefix = None  # a hub split's name ('train_prefs') is not an aspect
     found = sorted(m.group(1) for k in d if (m := _SCORE_0.match(k)))
     explicit = bool(cfg.aspect) or _mapped(row.file.rel, cfg.aspect_map) or \
         (prefix is not None and prefix in cfg.aspect_map)
