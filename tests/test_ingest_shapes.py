@@ -397,3 +397,17 @@ def test_hub_split_name_is_not_an_aspect(tmp_path, created_at, monkeypatch):
     run_ingest(["org/hs2-pairs"], ["helpsteer2-aspects"], tmp_path / "out", IngestConfig(hub_split="train_prefs"),
                created_at)
     assert set(read_pairs(tmp_path / "out")["aspect"]) == {"helpfulness"}
+
+
+def test_set_merges_over_the_config_file(tmp_path, capsys, monkeypatch):
+    from fgpo_tasks.commands.ingest import parse_sets
+
+    assert parse_sets(["a=1", "b={x: y}", "b.z=metadata.r", "c=[p, q]", "d=null", "e='0.5'"]) == {
+        "a": 1, "b": {"x": "y", "z": "metadata.r"}, "c": ["p", "q"], "d": None, "e": "0.5"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("ingest:\n  synthetic: {n_pairs: 50, seed: 3}\n")
+    code = cli.main(["ingest", "--source", "toy", "--format", "synthetic", "--config", "c.yaml",
+                     "--set", "synthetic.n_pairs=12", "--out", "o"])
+    assert code == 0, capsys.readouterr().err
+    m = read_manifest(tmp_path / "o")
+    assert m["config"]["synthetic"] == {"n_pairs": 12, "seed": 3} and m["row_counts"]["total"] == 12
