@@ -411,3 +411,16 @@ def test_set_merges_over_the_config_file(tmp_path, capsys, monkeypatch):
     assert code == 0, capsys.readouterr().err
     m = read_manifest(tmp_path / "o")
     assert m["config"]["synthetic"] == {"n_pairs": 12, "seed": 3} and m["row_counts"]["total"] == 12
+
+
+def test_binarized_ultrafeedback_scores_validate_on_a_1_to_10_scale(tmp_path, created_at):
+    from fgpo_tasks.validate import ValidateConfig, ValidationFailed, run_validate
+
+    run_ingest([str(ultrafeedback_binarized_h4(tmp_path))], ["ultrafeedback"], tmp_path / "ing", IngestConfig(),
+               created_at)
+    with pytest.raises(ValidationFailed, match=r"ratings_chosen\[overall\] outside \[0.0, 5.0\]"):
+        run_validate(tmp_path / "ing", tmp_path / "v1", ValidateConfig(min_pairs_per_aspect=1, data_docs=False),
+                     created_at)
+    res = run_validate(tmp_path / "ing", tmp_path / "v2",
+                       ValidateConfig(rating_max=10.0, min_pairs_per_aspect=1, data_docs=False), created_at)
+    assert res["rows_accepted"] == 5
