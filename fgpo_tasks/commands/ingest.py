@@ -6,7 +6,11 @@ HELP = "read preference data in one or more formats into one pair directory (+ q
 
 
 def add_arguments(parser) -> None:
-    from fgpo_tasks.ingest.config import FORMATS
+    import dataclasses
+
+    from fgpo_tasks.ingest.config import FORMATS, IngestConfig
+
+    fields = ", ".join(f.name for f in dataclasses.fields(IngestConfig))
 
     parser.add_argument("--source", action="append", required=True, metavar="S",
                         help="a file, folder, glob or Hugging Face dataset id (repeatable; several "
@@ -24,7 +28,8 @@ def add_arguments(parser) -> None:
                         help="set any IngestConfig field over the config file; VALUE is YAML "
                              "(--set min_margin=0.5, --set aspect_map='{helpfulness_eval: help}', "
                              "--set chosen_rating_columns='{overall: metadata.rating_chosen}'); "
-                             "KEY may be FIELD.SUBKEY for a mapping field; repeatable")
+                             "KEY may be FIELD.SUBKEY for a mapping field; repeatable. Fields: "
+                             f"{fields} (meanings: fgpo_tasks/ingest/config.py)")
     parser.add_argument("--batch-id", metavar="ID",
                         help="annotation batch id of every pair (default: config, else source name)")
 
