@@ -30,6 +30,9 @@ def sanitize(obj: Any) -> tuple[Any, int]:
     def walk(v: Any) -> Any:
         nonlocal count
         v = _scalar(v)
+        if type(v).__name__ in ("NAType", "NaTType"):  # pandas' missing markers
+            count += 1
+            return None
         if isinstance(v, float):
             if math.isfinite(v):
                 return v

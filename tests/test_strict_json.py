@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fgpo_tasks import jsonio
@@ -42,13 +43,13 @@ def strict_files(root: Path) -> list[Path]:
 
 def test_dumps_replaces_non_finite_numbers_and_counts_them(tmp_path):
     obj = {"a": math.nan, "b": [1.0, math.inf, -math.inf], "c": np.float32("nan"), "d": np.int64(3),
-           "e": np.array([1.5, np.nan]), "f": Path("x"), "g": {"h": 2.5}}
+           "e": np.array([1.5, np.nan]), "f": Path("x"), "g": {"h": 2.5}, "i": pd.NA, "j": pd.NaT}
     clean, n = jsonio.sanitize(obj)
-    assert n == 5
+    assert n == 7
     text = jsonio.dumps(obj)
     assert jsonio.loads_strict(text) == {"a": None, "b": [1.0, None, None], "c": None, "d": 3,
-                                         "e": [1.5, None], "f": "x", "g": {"h": 2.5}}
-    assert jsonio.write_json(tmp_path / "x.json", obj) == 5
+                                         "e": [1.5, None], "f": "x", "g": {"h": 2.5}, "i": None, "j": None}
+    assert jsonio.write_json(tmp_path / "x.json", obj) == 7
     jsonio.loads_strict((tmp_path / "x.json").read_text())
     with pytest.raises(ValueError, match="NaN"):
         jsonio.loads_strict(json.dumps({"a": math.nan}))
@@ -69,8 +70,6 @@ def test_score_from_ratings_pd_mean_is_null_with_a_count(tmp_path, created_at, c
             rc, rr = {"helpfulness": 3.0}, {"helpfulness": 1.0}
         rows.append(contract.make_pair(prompt=f"q{i}", chosen=f"c{i}", rejected=f"r{i}", aspect="helpfulness",
                                        source="t", batch_id="b", ratings_chosen=rc, ratings_rejected=rr))
-    import pandas as pd
-
     contract.write_pairs(pd.DataFrame(rows), tmp_path / "pool", stage="ingest", config={}, created_at=created_at)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["score", "--data", "pool", "--from-ratings", "--out", "sc"]) == 0
