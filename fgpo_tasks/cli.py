@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import pkgutil
 import sys
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import __version__, commands
 from fgpo_tasks.env import setup_environment
 from fgpo_tasks.errors import FgpoError
 
 # Pipeline order for --help; commands not listed here follow alphabetically.
-ORDER = ["ingest", "validate", "reward_models", "score", "select", "sft", "train_dpo", "evaluate",
-         "register", "pipeline", "experiment"]
+ORDER = ["ingest", "validate", "reward_models", "score", "select", "export", "sft", "train_dpo",
+         "evaluate", "register", "pipeline", "experiment"]
 
 
 def _command_modules() -> list[tuple[str, object]]:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fgpo {args.command}: interrupted", file=sys.stderr)
         return 130
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(jsonio.dumps(result, indent=2, default=str))
     return 0
 
 

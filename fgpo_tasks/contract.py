@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fgpo_tasks import jsonio
 from fgpo_tasks.errors import FgpoError
 from fgpo_tasks.provenance import code_version, sha256_hex, stable_json
 from fgpo_tasks.storage import atomic_dir
@@ -203,7 +204,7 @@ def build_manifest(df: pd.DataFrame, *, stage: str, config: dict | None, created
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
-    (Path(out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    (Path(out_dir) / MANIFEST_FILE).write_text(jsonio.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_pair_table(df: pd.DataFrame, directory: Path, name: str = PAIRS_FILE) -> None:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import ConfigError, FgpoError, InputError
@@ -349,7 +350,7 @@ def cached_responses(model_dir: str | Path, prompts: list[dict], config: EvalCon
     out = generate_responses(model_dir, prompts, config, desc=desc)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(jsonio.dumps(out, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)  # atomic: a reader sees the whole list or nothing
     return out
 
@@ -700,14 +701,14 @@ def run_evaluate(model: str | Path, baseline: str | Path, out_dir: str | Path, c
     with atomic_dir(out_dir) as tmp:
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as fh:
             for i, p in enumerate(plist):
-                fh.write(json.dumps({
+                fh.write(jsonio.dumps({
                     "prompt": p["prompt"], "messages": p.get("messages"),
                     "candidate": cand_resp[i], "baseline": base_resp[i], "delta_length": float(delta_len[i]),
                     "candidate_scores": {s: float(v[i]) for s, v in cand_scores.items()},
                     "baseline_scores": {s: float(v[i]) for s, v in base_scores.items()},
                     "preference": {a: float(v[i]) for a, v in prefs_by_aspect.items()},
                 }, ensure_ascii=False) + "\n")
-        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (tmp / "results.json").write_text(jsonio.dumps(results, indent=2, default=str) + "\n")
         (tmp / "results.md").write_text(_markdown(results))
         (tmp / "results.csv").write_text(_csv(results))
         if config.plots:
@@ -725,7 +726,7 @@ def run_evaluate(model: str | Path, baseline: str | Path, out_dir: str | Path, c
             "outputs": {name: file_fingerprint(tmp / name) for name in
                         ("results.json", "generations.jsonl")},
         }
-        (tmp / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        (tmp / contract.MANIFEST_FILE).write_text(jsonio.dumps(manifest, indent=2, default=str) + "\n")
     return {"out": str(out_dir), "n_prompts": len(plist), "win_rate": overall["win_rate"],
             "lc_win_rate": overall["lc_win_rate"],
             "aspects": {a: {"win_rate": f["win_rate"], "lc_win_rate": f["lc_win_rate"],

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fgpo_tasks import jsonio
 from fgpo_tasks.config import check, from_dict, read_yaml, to_dict
 from fgpo_tasks.errors import ConfigError, FgpoError
 from fgpo_tasks.holdout import prompt_part, split_for_evaluation  # noqa: F401 (re-exported)
@@ -498,7 +499,7 @@ def prepare_eval(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     step.mkdir(parents=True, exist_ok=True)
     with open(step / "prompts.jsonl", "w", encoding="utf-8") as fh:
         for p in prompts:
-            fh.write(json.dumps(p, ensure_ascii=False) + "\n")
+            fh.write(jsonio.dumps(p, ensure_ascii=False) + "\n")
     result.update(prompts=str(step / "prompts.jsonl"), n_prompts=len(prompts), eval_models=config.eval_models,
                   prompt_record={k: v for k, v in record.items() if k != "training_pools"},
                   seconds=round(time.perf_counter() - t0, 2))
@@ -863,7 +864,7 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
                 "spearman": _mean_sd([d.get("spearman_pd_vs_ratings") for d in mine])}
     text = markdown(cfg, rows, meta)
     (root / "results.md").write_text(text)
-    (root / "results.json").write_text(json.dumps({"name": cfg.name, "key": key, "created_at": created_at,
+    (root / "results.json").write_text(jsonio.dumps({"name": cfg.name, "key": key, "created_at": created_at,
                                                    "config": {k: v for k, v in to_dict(cfg).items()},
                                                    "rows": rows, "arms": results, "pools": pools,
                                                    "evaluation": ev}, indent=2, default=str) + "\n")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fgpo_tasks import jsonio
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import FgpoError
 from fgpo_tasks.provenance import code_version
@@ -147,7 +148,7 @@ def _log_policy(tracker: Tracker, run_id: str, model_dir: Path, config: Register
             name="policy", task="text-generation", run_id=run_id,
             pip_requirements=config.pip_requirements or _pip_requirements(), signature=signature,
             model_config={"return_full_text": False},  # predict() answers; it does not echo the prompt
-            metadata={"fgpo": json.loads(json.dumps(info, default=str))})
+            metadata={"fgpo": json.loads(jsonio.dumps(info, default=str))})
     finally:
         flavor_log.setLevel(level)
     return model_info.model_uri

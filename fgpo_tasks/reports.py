@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+from fgpo_tasks import jsonio
 import pandas as pd
 
 
@@ -27,7 +27,7 @@ def _plt():
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    path.write_text(jsonio.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(v):

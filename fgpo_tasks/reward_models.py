@@ -45,6 +45,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import pandas as pd
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import FgpoError, InputError
@@ -763,10 +764,10 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
             model, tok = models["debiased"]
             model.save_pretrained(tmp / "model")
             tok.save_pretrained(tmp / "model")
-        (tmp / "training_ids.json").write_text(json.dumps(sorted(train["pair_id"].tolist())) + "\n")
-        (tmp / "heldout_ids.json").write_text(json.dumps(sorted(held["pair_id"].tolist())) + "\n")
-        (tmp / MODEL_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "training_ids.json").write_text(jsonio.dumps(sorted(train["pair_id"].tolist())) + "\n")
+        (tmp / "heldout_ids.json").write_text(jsonio.dumps(sorted(held["pair_id"].tolist())) + "\n")
+        (tmp / MODEL_FILE).write_text(jsonio.dumps(record, indent=2, default=str) + "\n")
+        (tmp / "metrics.json").write_text(jsonio.dumps(metrics, indent=2) + "\n")
         _loss_figure(tmp / "loss_curve.png", curves, aspect)
         if len(ho):
             _length_bias_figure(tmp / "length_bias.png", dwords_ho, margins, aspect)
@@ -840,7 +841,7 @@ def summarize_reward_models(out_dir: str | Path, created_at: str, config: Reward
         "metrics": table,
     }
     tmp = out / f".manifest-{uuid.uuid4().hex[:8]}.json"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.write_text(jsonio.dumps(manifest, indent=2, default=str) + "\n")
     os.replace(tmp, out / contract.MANIFEST_FILE)
     return manifest
 

@@ -328,7 +328,11 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
     metrics = {
         "n_pairs": int(len(df)), "source": source, "aspects": aspects,
         "quantiles": quantiles,
-        "pd_mean": float(np.mean(pd_values)), "pd_negative_fraction": float(np.mean(pd_values < 0)),
+        # pairs without PD (no rating of another aspect) are counted, never averaged as NaN
+        "pd_mean": float(np.mean(pd_values[np.isfinite(pd_values)])) if np.isfinite(pd_values).any() else None,
+        "pd_missing": int((~np.isfinite(pd_values)).sum()),
+        "pd_negative_fraction": float(np.mean(pd_values[np.isfinite(pd_values)] < 0))
+        if np.isfinite(pd_values).any() else None,
         "spearman_pd_vs_ratings": corr,
         "n_with_ratings_pd": int(np.isfinite(pd_r).sum()),
         "scored": {a: s["scored"] for a, s in stats.items()},
@@ -355,6 +359,6 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         })
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics["out_dir"] = str(out_dir)
-    log.info("scored %d pairs (%s): PD mean %.3f, Spearman vs ratings %s", len(df), source,
-             metrics["pd_mean"], corr)
+    log.info("scored %d pairs (%s): PD mean %s (%d without PD), Spearman vs ratings %s", len(df), source,
+             metrics["pd_mean"], metrics["pd_missing"], corr)
     return metrics

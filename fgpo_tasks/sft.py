@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import time
@@ -35,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fgpo_tasks import jsonio
 from fgpo_tasks.config import check, from_dict, to_dict
 from fgpo_tasks.errors import InputError
 from fgpo_tasks.provenance import code_version, sha256_hex, stable_json
@@ -284,9 +284,9 @@ def run_sft(out_dir: str | Path, config: SFTConfig, created_at: str, data_dir: s
         with atomic_dir(out_dir) as tmp:
             accelerator.unwrap_model(lm).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            (tmp / "metrics.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curve))
+            (tmp / "metrics.jsonl").write_text("".join(jsonio.dumps(c) + "\n" for c in curve))
             for name in (MODEL_CARD, "manifest.json"):
-                (tmp / name).write_text(json.dumps(card, indent=2, default=str) + "\n")
+                (tmp / name).write_text(jsonio.dumps(card, indent=2, default=str) + "\n")
     accelerator.end_training()
     return {"out_dir": str(out_dir), **metrics, "curve": curve}
 

@@ -7,6 +7,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from fgpo_tasks import jsonio
 from typing import Iterator
 
 
@@ -51,7 +52,7 @@ def commit_step(step_dir: str | Path, result: dict) -> dict:
     step_dir = Path(step_dir)
     step_dir.mkdir(parents=True, exist_ok=True)
     tmp = step_dir / (STEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.write_text(jsonio.dumps(result, indent=2, default=str))
     tmp.rename(step_dir / STEP_FILE)
     return result
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fgpo_tasks import jsonio
 from fgpo_tasks.errors import FgpoError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def flatten(values: Any, prefix: str = "") -> dict[str, str]:
             out.update(flatten(v, metric_key(prefix, k) if prefix else metric_key(k)))
         return out
     if isinstance(values, (list, tuple, dict)):
-        text = json.dumps(values, default=str, sort_keys=True)
+        text = jsonio.dumps(values, default=str, sort_keys=True)
     else:
         text = str(values)
     if len(text) > MAX_PARAM_CHARS:
@@ -329,7 +329,7 @@ class Tracker:
         flat = df.copy()
         for col in ("prompt_messages", "ratings_chosen", "ratings_rejected"):
             # mlflow.data infers a schema per column: nested values go in as JSON text
-            flat[col] = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in flat[col]]
+            flat[col] = [None if v is None else jsonio.dumps(v, sort_keys=True, default=str) for v in flat[col]]
         with warnings.catch_warnings():
             # "source can be interpreted in multiple ways" (MLflow registers '' and 'file' alike)
             # and schema hints about integer columns: noise for a dataset we only record.

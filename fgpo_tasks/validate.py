@@ -19,7 +19,6 @@ Output folder: ``pairs.parquet`` + ``manifest.json`` (on success only), ``quaran
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import FgpoError
@@ -46,11 +46,12 @@ QUARANTINE_FILE = "quarantine.parquet"
 RESULT_FILE = "validation_result.json"
 SUMMARY_FILE = "validation_summary.json"
 DOCS_DIR = "data_docs"
-REPORT_COLUMNS = ["input_row", "reason", "expectation"]  # added to the contract columns in quarantine
+REPORT_COLUMNS = ["input_row", "checks", "reason", "expectation"]  # added to the contract columns in quarantine
 
 _ROW = "_row"  # position of a row in the input table: how GX results point back at rows
 _SAME = "_chosen_equals_rejected"
 _REPEAT = "_pair_id_repeats_earlier_row"
+_CONTRA = "_contradictory_label"
 _MAX_SHOWN_CHARS = 200  # long texts in the JSON report and data docs are cut to this
 
 
@@ -125,6 +126,50 @@ def _rating_keys(df: pd.DataFrame) -> list[str]:
     return sorted(keys)
 
 
+def contradictory_labels(raw: pd.DataFrame) -> np.ndarray:
+    """Rows whose label another row of the same aspect contradicts, as a boolean mask.
+
+    Rows are compared on (aspect, prompt, unordered pair of responses); each row is one vote
+    for its direction (which response is chosen). When both directions occur, the strict
+    majority direction is kept and the minority rows are flagged; a tie flags every row of the
+    group (no direction can be trusted). Rows of different aspects never contradict: a pair
+    preferred one way on helpfulness and the other on verbosity is the fine-grained conflict the
+    method is about, not a labelling error.
+    """
+    need = ("aspect", "prompt", "chosen", "rejected")
+    if len(raw) == 0 or any(c not in raw.columns for c in need):
+        return np.zeros(len(raw), dtype=bool)
+    msgs = raw["prompt_messages"] if "prompt_messages" in raw.columns else pd.Series([None] * len(raw))
+    keys, directions = [], []
+    for aspect, prompt, m, chosen, rejected in zip(raw["aspect"], raw["prompt"], msgs, raw["chosen"],
+                                                    raw["rejected"]):
+        if not all(isinstance(v, str) for v in (aspect, prompt, chosen, rejected)) or chosen == rejected:
+            keys.append(None)
+            directions.append(False)
+            continue
+        m = list(m) if m is not None and len(m) else None
+        first, second = sorted((chosen, rejected))
+        keys.append((aspect, contract.prompt_key(prompt, m), first, second))
+        directions.append(chosen == first)
+    frame = pd.DataFrame({"key": pd.Series(keys, dtype=object), "first_wins": directions})
+    frame = frame[frame["key"].notna()]
+    if frame.empty:
+        return np.zeros(len(raw), dtype=bool)
+    wins = frame.groupby("key")["first_wins"].agg(["sum", "count"])
+    wins = wins[(wins["sum"] > 0) & (wins["sum"] < wins["count"])]  # both directions occur
+    flagged = np.zeros(len(raw), dtype=bool)
+    if wins.empty:
+        return flagged
+    first_votes = dict(zip(wins.index, wins["sum"]))
+    totals = dict(zip(wins.index, wins["count"]))
+    for pos, key, first_wins in zip(frame.index, frame["key"], frame["first_wins"]):
+        if key not in first_votes:
+            continue
+        mine = first_votes[key] if first_wins else totals[key] - first_votes[key]
+        flagged[pos] = mine * 2 <= totals[key]  # minority, or a tie
+    return flagged
+
+
 def check_frame(raw: pd.DataFrame) -> pd.DataFrame:
     """The table GX validates: present string columns, ``_row`` and the helper columns."""
     cols = {c: raw[c] for c in contract.REQUIRED_COLUMNS if c in raw.columns}
@@ -134,6 +179,7 @@ def check_frame(raw: pd.DataFrame) -> pd.DataFrame:
         out[_SAME] = (raw["chosen"] == raw["rejected"]).to_numpy()
     if "pair_id" in raw.columns:
         out[_REPEAT] = (raw["pair_id"].notna() & raw["pair_id"].duplicated(keep="first")).to_numpy()
+    out[_CONTRA] = contradictory_labels(raw.reset_index(drop=True))
     for which in ("chosen", "rejected"):
         col = f"ratings_{which}"
         if col not in raw.columns:
@@ -194,6 +240,12 @@ def row_expectations(frame: pd.DataFrame, config: ValidateConfig) -> list:
         exps.append(gxe.ExpectColumnValuesToBeInSet(
             column=_REPEAT, value_set=[False],
             meta=_meta("pair_id_duplicate", "pair_id repeats an earlier row (the first is kept)")))
+    if _CONTRA in frame.columns:
+        exps.append(gxe.ExpectColumnValuesToBeInSet(
+            column=_CONTRA, value_set=[False],
+            meta=_meta("contradictory_labels", "contradictory_labels: other rows label the same "
+                       "prompt and responses the other way on this aspect (the strict majority "
+                       "direction is kept; a tie drops every row)")))
     return exps
 
 
@@ -229,7 +281,7 @@ def _gx_context(docs_dir: Path | None):
         config.data_docs_sites = {"fgpo": {
             "class_name": "SiteBuilder", "show_how_to_buttons": False,
             "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(docs_dir)},
+                              "base_directory": str(Path(docs_dir).resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}}
     return gx.get_context(mode="ephemeral", project_config=config)
 
@@ -427,6 +479,7 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
         assert len(accepted) + len(quarantined) == n_in, "rows in != rows accepted + quarantined"
         rows = sorted(reasons)  # raw[bad] keeps input order, so rows[k] is quarantined row k
         quarantined["input_row"] = np.array(rows, dtype=np.int64)
+        quarantined["checks"] = ["; ".join(x[0] for x in reasons[i]) for i in rows]
         quarantined["reason"] = ["; ".join(x[1] for x in reasons[i]) for i in rows]
         quarantined["expectation"] = ["; ".join(x[2] for x in reasons[i]) for i in rows]
 
@@ -478,8 +531,8 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
                                                       "rows_quarantined", "table_failures")},
                   "expectations": summary["expectations"],
                   "results": [row_result.to_json_dict(), table_result.to_json_dict()]}
-        (tmp / RESULT_FILE).write_text(json.dumps(report, indent=1, default=str) + "\n")
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (tmp / RESULT_FILE).write_text(jsonio.dumps(report, indent=1, default=str) + "\n")
+        (tmp / SUMMARY_FILE).write_text(jsonio.dumps(summary, indent=2, default=str) + "\n")
         contract.write_pair_table(quarantined, tmp, QUARANTINE_FILE)
         if config.data_docs:
             _build_docs(context, [row_result, table_result], run_name, created_at)

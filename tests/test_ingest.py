@@ -331,7 +331,8 @@ def test_generic_json_array_and_csv_shape_errors(tmp_path, created_at):
     csv = tmp_path / "pairs.csv"
     csv.write_text('prompt,chosen,rejected,score\np,c,r,1\n"p2",c2\np3,c3,r3,extra,2\np4,c4,r4,\n')
     res = ingest([arr, csv], ["generic"], tmp_path / "out", created_at, aspect="a",
-                 chosen_rating_columns={"a": "score"}, rejected_rating_columns={"a": "score"})
+                 chosen_rating_columns={"a": "score"}, rejected_rating_columns={"a": "score"},
+                 max_quarantine_fraction=0.8)
     assert (res["pairs"], res["rows_quarantined"]) == (2, 6)
     q = quarantine(tmp_path / "out")
     assert q[["line", "field", "kind"]].fillna("-").values.tolist() == [
@@ -454,8 +455,10 @@ def test_config_checks_quote_bad_values():
         IngestConfig(min_margin=-1)
     with pytest.raises(ConfigError, match="'promt'"):
         IngestConfig(columns={"promt": "q"})
-    with pytest.raises(ConfigError, match="both"):
+    with pytest.raises(ConfigError, match="one of aspect, aspect_column"):
         IngestConfig(aspect="a", aspect_column="b")
+    with pytest.raises(ConfigError, match="1.5"):
+        IngestConfig(max_quarantine_fraction=1.5)
 
 
 def test_synthetic_format(tmp_path, created_at):

@@ -307,3 +307,77 @@ def test_real_helpsteer2_pairs_validate(shared_data, tmp_path, created_at):
     assert metrics["rows_accepted"] + metrics["rows_quarantined"] == n_in
     assert metrics["quarantine_fraction"] < 0.01  # real HelpSteer2 pairs are clean
     assert len(contract.read_pairs(tmp_path / "out")) == metrics["rows_accepted"]
+
+
+# --- contradictory labels -------------------------------------------------------------------------
+
+def _vote(prompt: str, winner: str, loser: str, aspect: str, line: int, batch: str = "b1") -> dict:
+    return contract.make_pair(prompt=prompt, chosen=winner, rejected=loser, aspect=aspect,
+                              source=f"test:{batch}.jsonl", batch_id=batch, source_line=line)
+
+
+def test_contradictory_labels_majority_kept_ties_dropped(tmp_path, created_at):
+    rows = clean_rows(20)
+    votes = [
+        # tie: one row each way -> both quarantined
+        _vote("tie?", "A", "B", "helpfulness", 101, "ann1"), _vote("tie?", "B", "A", "helpfulness", 102, "ann2"),
+        # 2 against 1 -> the majority direction stays, the minority row goes
+        _vote("maj?", "C", "D", "coherence", 103, "ann1"), _vote("maj?", "C", "D", "coherence", 104, "ann3"),
+        _vote("maj?", "D", "C", "coherence", 105, "ann2"),
+        # the same responses, opposite ways on DIFFERENT aspects: a fine-grained conflict, kept
+        _vote("fine?", "E", "F", "helpfulness", 106), _vote("fine?", "F", "E", "coherence", 107),
+        # the same responses, opposite ways, to DIFFERENT prompts: kept
+        _vote("p1?", "G", "H", "helpfulness", 108), _vote("p2?", "H", "G", "helpfulness", 109),
+    ]
+    src = write_input(rows + votes, tmp_path / "in")
+    metrics = run_validate(src, tmp_path / "out", config(), created_at)
+    n = len(rows) + len(votes)
+    assert metrics["rows_in"] == n == metrics["rows_accepted"] + metrics["rows_quarantined"]
+    q = quarantine(tmp_path / "out")
+    contra = q[q["checks"].str.contains("contradictory_labels")]
+    assert sorted(contra["source_line"]) == [101, 102, 105]
+    assert contra["reason"].str.startswith("contradictory_labels").all()
+    # the second majority row repeats the first's pair_id: kept once, as any duplicate
+    assert q.loc[q["source_line"] == 104, "checks"].tolist() == ["pair_id_duplicate"]
+    accepted = contract.read_pairs(tmp_path / "out")
+    assert set(accepted["source_line"]) >= {103, 106, 107, 108, 109}
+    summary = json.loads((tmp_path / "out" / "validation_summary.json").read_text())
+    assert summary["per_reason"]["contradictory_labels"] == 3
+
+
+def test_contradictory_labels_see_conversations(tmp_path, created_at):
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "and?"}]
+    rows = clean_rows(20) + [_vote(conv, "A", "B", "helpfulness", 201), _vote(conv, "B", "A", "helpfulness", 202),
+                             _vote(conv[:1], "B", "A", "helpfulness", 203)]  # another prompt
+    src = write_input(rows, tmp_path / "in")
+    run_validate(src, tmp_path / "out", config(), created_at)
+    q = quarantine(tmp_path / "out")
+    assert sorted(q.loc[q["checks"].str.contains("contradictory"), "source_line"]) == [201, 202]
+
+
+def test_real_helpsteer2_files_have_no_same_aspect_contradictions(shared_data, tmp_path, created_at):
+    """Measured: within one aspect's file no prompt and response pair is labelled both ways (0
+    rows); 170 pairs are labelled differently on DIFFERENT aspects, which is kept."""
+    from fgpo_tasks.ingest import IngestConfig, run_ingest
+
+    run_ingest([str(shared_data / "helpsteer2-aspects")], ["helpsteer2-aspects"], tmp_path / "in",
+               IngestConfig(), created_at)
+    raw = contract.read_pairs(tmp_path / "in")
+    from fgpo_tasks.validate import contradictory_labels
+
+    assert int(contradictory_labels(raw).sum()) == 0
+    key = raw.apply(lambda r: (r["prompt"], frozenset((r["chosen"], r["rejected"]))), axis=1)
+    both = raw.assign(key=key).groupby("key")["chosen"].nunique()
+    assert int((both > 1).sum()) == 170  # cross-aspect disagreements: not contradictions
+
+
+# --- relative paths -------------------------------------------------------------------------------
+
+def test_cli_relative_paths_with_data_docs(tmp_path, capsys, monkeypatch):
+    write_input(clean_rows(20), tmp_path / "ing")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["validate", "--data", "ing", "--out", "val"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "val" / "data_docs" / "index.html").is_file()
+    assert (tmp_path / "val" / "pairs.parquet").is_file()
+    assert not list(tmp_path.glob(".val.*"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import models
 from fgpo_tasks.dpo.data import PairTokens, collate
 from fgpo_tasks.provenance import file_fingerprint, sha256_hex
@@ -43,7 +44,7 @@ def _files_fingerprint(files: list[Path], cache_dir: Path) -> str:
         parts.append(f"{f.name}:{memo[key]}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(memo))
+    tmp.write_text(jsonio.dumps(memo))
     os.replace(tmp, memo_path)
     return sha256_hex(*parts)
 

@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from fgpo_tasks import jsonio
 from fgpo_tasks import models
 from fgpo_tasks.config import to_dict
 from fgpo_tasks.contract import content_fingerprint, read_pairs
@@ -164,7 +165,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep: int) -> None:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "fgpo_state.json").write_text(json.dumps({"step": step}))
+        (tmp / "fgpo_state.json").write_text(jsonio.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         older = sorted((p for p in ckpts.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
@@ -364,7 +365,7 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
             t_window = now
             if is_main:
                 with metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": step + 1, **last}) + "\n")
+                    f.write(jsonio.dumps({"step": step + 1, **last}) + "\n")
                 if metrics_callback is not None:
                     metrics_callback(step + 1, dict(last))
                 bar.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['rewards/margins']:.3f}")
@@ -392,7 +393,7 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         if is_main:
             shutil.copy(metrics_path, tmp / METRICS_FILE)
             for name in (MODEL_CARD, "manifest.json"):  # manifest.json: the stage convention
-                (tmp / name).write_text(json.dumps(card, indent=2, default=str) + "\n")
+                (tmp / name).write_text(jsonio.dumps(card, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
     if is_main:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -62,8 +62,36 @@ class Context:
 
 # ---------------------------------------------------------------------------- field helpers
 
+def lookup(data: dict, name: str, default: Any = None) -> Any:
+    """``data[name]``, where a dotted name reaches into nested objects: 'metadata.rating_chosen'
+    is ``data["metadata"]["rating_chosen"]`` (a literal key holding the dot wins; an object
+    stored as JSON text, as in CSV, is parsed on the way)."""
+    if name in data:
+        return data[name]
+    if "." not in name:
+        return default
+    value: Any = data
+    for part in name.split("."):
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return default
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+_ABSENT = object()
+
+
+def present(data: dict, name: str) -> bool:
+    return lookup(data, name, _ABSENT) is not _ABSENT
+
+
 def _get(data: dict, name: str, label: str | None = None) -> Any:
-    value = data.get(name)
+    value = lookup(data, name)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise RowError(label or name, "missing_field", "missing (or null)")
     return value
@@ -109,7 +137,7 @@ def number(data: dict, name: str, loose: bool, label: str | None = None) -> floa
 def choice(data: dict, name: str, loose: bool, allowed=(0, 1)) -> int:
     value = number(data, name, loose)
     if not value.is_integer() or int(value) not in allowed:
-        raise RowError(name, "bad_value", f"expected one of {list(allowed)}, got {data[name]!r}")
+        raise RowError(name, "bad_value", f"expected one of {list(allowed)}, got {lookup(data, name)!r}")
     return int(value)
 
 
@@ -190,42 +218,77 @@ def parse_row(row: Row, ctx: Context) -> list:
 
 
 def file_aspect(rel: str, aspect_map: dict[str, str]) -> tuple[str | None, str | None]:
-    """(aspect label, score-field prefix) of a helpsteer2-aspects file, from its name.
+    """(aspect label, name aspect) of a per-aspect file, from its name.
 
-    'coherence_preference_test.jsonl' -> ('coherence', 'coherence'); aspect_map may rename by
-    file name, stem or the aspect itself. (None, None) when the name says nothing.
+    The name aspect is the text before '_preference' ('coherence_preference_test.jsonl' ->
+    'coherence'), else the text before the first '_' ('helpfulness_eval.jsonl' -> 'helpfulness');
+    a name without '_' names no aspect. aspect_map renames by file name, file stem or name aspect
+    (and is the way to name an aspect that holds '_': {instruction_following_eval:
+    instruction_following}). (None, None) when the name says nothing.
     """
     name = PurePosixPath(rel).name
     stem = name.split(".")[0]
     m = _ASPECT_FILE.match(stem)
-    prefix = m.group(1) if m else None
+    prefix = m.group(1) if m else (stem.split("_")[0] or None if "_" in stem else None)
     for key in (name, stem, prefix):
         if key is not None and key in aspect_map:
             return aspect_map[key], prefix
     return prefix, prefix
 
 
+def _mapped(rel: str, aspect_map: dict[str, str]) -> bool:
+    name = PurePosixPath(rel).name
+    stem = name.split(".")[0]
+    return name in aspect_map or stem in aspect_map
+
+
 def _helpsteer2_aspects(row: Row, ctx: Context) -> list[dict]:
-    """{prompt, response_0, response_1, better_response_id, <a>_score_0, <a>_score_1}."""
-    d, loose = row.data, row.loose
+    """{prompt, response_0, response_1, better_response_id[, <a>_score_0, <a>_score_1]}.
+
+    The aspect: ``aspect`` (config / --aspect), else aspect_map, else the file name
+    ('<aspect>_preference*' or '<aspect>_*'), else the row's one pair of score fields. Score
+    fields are optional (label-only files); when present they become the ratings.
+    """
+    d, loose, cfg = row.data, row.loose, ctx.config
     prompt = text(d, "prompt")
     responses = [text(d, "response_0"), text(d, "response_1")]
     better = choice(d, "better_response_id", loose)
-    aspect, prefix = file_aspect(row.file.rel, ctx.config.aspect_map)
-    if prefix is None:  # the file name names no aspect: the row's score fields do
-        found = [m.group(1) for k in d if (m := _SCORE_0.match(k))]
-        if len(found) != 1:
-            raise RowError("<aspect>_score_0", "missing_field",
-                           f"cannot tell the aspect: score fields {found}; name the file "
-                           "'<aspect>_preference*.jsonl' or set aspect_map")
-        prefix = found[0]
-        aspect = aspect or ctx.config.aspect_map.get(prefix, prefix)
-    scores = [number(d, f"{prefix}_score_0", loose), number(d, f"{prefix}_score_1", loose)]
+    label, prefix = file_aspect(row.file.rel, cfg.aspect_map)
+    if row.file.hub_id is not None and not _mapped(row.file.rel, cfg.aspect_map):
+        label = prefix = None  # a hub split's name ('train_prefs') is not an aspect
+    found = sorted(m.group(1) for k in d if (m := _SCORE_0.match(k)))
+    explicit = bool(cfg.aspect) or _mapped(row.file.rel, cfg.aspect_map) or \
+        (prefix is not None and prefix in cfg.aspect_map)
+    if prefix in found:
+        score_prefix = prefix
+    elif len(found) == 1 and (explicit or prefix is None):
+        score_prefix = found[0]
+    elif found and prefix is not None and not explicit:
+        raise RowError(f"{found[0]}_score_0", "aspect_mismatch",
+                       f"the file name {PurePosixPath(row.file.rel).name!r} reads as aspect "
+                       f"{prefix!r} ('<aspect>_*.jsonl') but the row's score fields are for {found}; "
+                       "rename the file or set aspect_map / --aspect")
+    elif len(found) > 1:
+        raise RowError("<aspect>_score_0", "ambiguous_aspect",
+                       f"score fields for several aspects {found}; set aspect_map or --aspect")
+    else:
+        score_prefix = None
+    aspect = cfg.aspect or (label if label is not None and (explicit or prefix in found or not found)
+                            else None) or cfg.aspect_map.get(score_prefix or "", score_prefix)
+    if not aspect:
+        raise RowError("better_response_id", "unknown_aspect",
+                       "cannot tell the aspect: the file name has no '<aspect>_' part and the row "
+                       "no '<aspect>_score_0' field; name the file '<aspect>_*.jsonl' or set "
+                       "aspect_map / --aspect")
     _not_identical(responses[0], responses[1], "response_1")
+    rc = rr = None
+    if score_prefix is not None:
+        scores = [number(d, f"{score_prefix}_score_0", loose), number(d, f"{score_prefix}_score_1", loose)]
+        rc, rr = {aspect: scores[better]}, {aspect: scores[1 - better]}
     return [make_pair(prompt=parse_conversation(prompt), chosen=responses[better],
                       rejected=responses[1 - better], aspect=aspect, source=_source(ctx, row),
-                      batch_id=ctx.batch_id, ratings_chosen={aspect: scores[better]},
-                      ratings_rejected={aspect: scores[1 - better]}, source_line=row.line)]
+                      batch_id=ctx.batch_id, ratings_chosen=rc, ratings_rejected=rr,
+                      source_line=row.line)]
 
 
 def _rated_response(row: Row, ctx: Context) -> list[RatedResponse]:
@@ -243,9 +306,9 @@ def _rated_response(row: Row, ctx: Context) -> list[RatedResponse]:
                      "choose them)", ctx.rating_aspects, row.line, row.file.display)
     ratings = []
     for a in ctx.rating_aspects:
-        if a not in d:
+        if not present(d, a):
             raise RowError(a, "missing_field", "missing rating")
-        v = d[a]
+        v = lookup(d, a)
         empty = v is None or (isinstance(v, float) and math.isnan(v)) or (loose and v == "")
         ratings.append((a, None if empty else as_number(v, a, loose)))
     return [RatedResponse(_hashable(prompt), response, tuple(ratings), _source(ctx, row), row.line)]
@@ -268,6 +331,12 @@ def _ultrafeedback(row: Row, ctx: Context) -> list[RatedResponse]:
     """openbmb/UltraFeedback: {instruction, completions: [{response, annotations: {aspect:
     {Rating: "4", ...}}}]}; ratings are text and may be "N/A" (kept as unknown)."""
     d = row.data
+    if "completions" not in d and present(d, "chosen") and present(d, "rejected"):
+        return _ultrafeedback_binarized(row, ctx)
+    if "completions" not in d:
+        raise RowError("completions", "missing_field",
+                       "missing: expected raw UltraFeedback {instruction, completions} or "
+                       "binarized {prompt, chosen, rejected}")
     prompt = text(d, "instruction")
     completions = _get(d, "completions")
     if not isinstance(completions, list):
@@ -294,6 +363,29 @@ def _ultrafeedback(row: Row, ctx: Context) -> list[RatedResponse]:
             ratings.append((a, _uf_rating(entry.get("Rating"), f"{label}.annotations.{a}.Rating")))
         out.append(RatedResponse(prompt, response, tuple(ratings), _source(ctx, row), row.line))
     return out
+
+
+# Where binarized UltraFeedback exports keep the two ratings, in the order they are looked for.
+UF_BINARIZED_RATINGS = (("score_chosen", "score_rejected"),
+                        ("metadata.rating_chosen", "metadata.rating_rejected"),
+                        ("rating_chosen", "rating_rejected"),
+                        ("metadata.score_chosen", "metadata.score_rejected"))
+
+
+def _ultrafeedback_binarized(row: Row, ctx: Context) -> list[dict]:
+    """Binarized UltraFeedback: {prompt, chosen, rejected (text or messages), score_chosen /
+    score_rejected or metadata.rating_chosen / metadata.rating_rejected}: already a pair, on
+    ``aspect`` (default 'overall'); ratings are optional."""
+    d, cfg = row.data, ctx.config
+    aspect = cfg.aspect or "overall"
+    chosen_cols, rejected_cols = cfg.chosen_rating_columns, cfg.rejected_rating_columns
+    if not chosen_cols:
+        for c, r in UF_BINARIZED_RATINGS:
+            if present(d, c):
+                chosen_cols, rejected_cols = {aspect: c}, {aspect: r}
+                break
+    return _pair_from_columns(row, ctx, implicit_prompt=True, aspect=aspect,
+                              chosen_rating_columns=chosen_cols, rejected_rating_columns=rejected_cols)
 
 
 def _uf_rating(value: Any, label: str) -> float | None:
@@ -327,7 +419,40 @@ def _pku_saferlhf(row: Row, ctx: Context) -> list[dict]:
 
 
 def _preference(row: Row, ctx: Context, implicit_prompt: bool) -> list[dict]:
-    """prompt / chosen / rejected (text or {role, content} lists), one aspect per row.
+    """trl / generic: prompt / chosen / rejected (text or {role, content} lists), one aspect per
+    row; generic with ``label_column``: the label indexes ``response_columns``."""
+    cfg = ctx.config
+    if cfg.aspect_column:
+        aspect = text(row.data, cfg.aspect_column)
+    elif cfg.aspect:
+        aspect = cfg.aspect
+    else:  # aspect_from_file_name (checked before reading)
+        aspect = file_aspect(row.file.rel, cfg.aspect_map)[0]
+        if not aspect:
+            raise RowError(None, "unknown_aspect",
+                           f"aspect_from_file_name: the file name {PurePosixPath(row.file.rel).name!r} "
+                           "has no '<aspect>_' part; rename it '<aspect>_*' or set aspect_map")
+    return _pair_from_columns(row, ctx, implicit_prompt=implicit_prompt, aspect=aspect,
+                              chosen_rating_columns=cfg.chosen_rating_columns,
+                              rejected_rating_columns=cfg.rejected_rating_columns)
+
+
+def _labelled_responses(d: dict, cfg: IngestConfig, loose: bool) -> tuple[Any, Any, str, str]:
+    """(chosen value, rejected value, their column names) when a label column picks the winner:
+    an index into response_columns (0/1, numeric text in CSV) or one of their names."""
+    cols = cfg.response_columns
+    value = _get(d, cfg.label_column)
+    if isinstance(value, str) and value in cols:
+        win = cols.index(value)
+    else:
+        win = int(choice(d, cfg.label_column, loose, allowed=tuple(range(len(cols)))))
+    return _get(d, cols[win]), _get(d, cols[1 - win]), cols[win], cols[1 - win]
+
+
+def _pair_from_columns(row: Row, ctx: Context, *, implicit_prompt: bool, aspect: str,
+                       chosen_rating_columns: dict[str, str],
+                       rejected_rating_columns: dict[str, str]) -> list[dict]:
+    """One pair from named (possibly dotted) columns.
 
     TRL conversational rows keep the assistant reply in chosen/rejected; with ``implicit_prompt``
     (TRL) a row without a prompt column uses the turns chosen and rejected share as the prompt.
@@ -335,8 +460,11 @@ def _preference(row: Row, ctx: Context, implicit_prompt: bool) -> list[dict]:
     d, loose, cfg = row.data, row.loose, ctx.config
     col = {k: cfg.columns.get(k, k) for k in ("prompt", "chosen", "rejected", "ratings_chosen",
                                                "ratings_rejected")}
-    chosen_v, rejected_v = _get(d, col["chosen"]), _get(d, col["rejected"])
-    prompt_v = d.get(col["prompt"])
+    if cfg.label_column and ctx.fmt == "generic":
+        chosen_v, rejected_v, col["chosen"], col["rejected"] = _labelled_responses(d, cfg, loose)
+    else:
+        chosen_v, rejected_v = _get(d, col["chosen"]), _get(d, col["rejected"])
+    prompt_v = lookup(d, col["prompt"])
     if prompt_v is None and implicit_prompt and isinstance(chosen_v, list) and isinstance(rejected_v, list):
         chosen_m, rejected_m = messages(chosen_v, col["chosen"]), messages(rejected_v, col["rejected"])
         if len(chosen_m) < 2 or chosen_m[:-1] != rejected_m[:-1]:
@@ -350,9 +478,8 @@ def _preference(row: Row, ctx: Context, implicit_prompt: bool) -> list[dict]:
     chosen = _reply(chosen_v, col["chosen"])
     rejected = _reply(rejected_v, col["rejected"])
     _not_identical(chosen, rejected, col["rejected"])
-    aspect = text(d, cfg.aspect_column) if cfg.aspect_column else cfg.aspect
-    rc = _row_ratings(d, col["ratings_chosen"], cfg.chosen_rating_columns, loose)
-    rr = _row_ratings(d, col["ratings_rejected"], cfg.rejected_rating_columns, loose)
+    rc = _row_ratings(d, col["ratings_chosen"], chosen_rating_columns, loose)
+    rr = _row_ratings(d, col["ratings_rejected"], rejected_rating_columns, loose)
     return [make_pair(prompt=prompt, chosen=chosen, rejected=rejected, aspect=aspect,
                       source=_source(ctx, row), batch_id=ctx.batch_id, ratings_chosen=rc,
                       ratings_rejected=rr, source_line=row.line)]
@@ -375,8 +502,8 @@ def _reply(value: Any, label: str) -> str:
 
 def _row_ratings(d: dict, column: str, per_aspect: dict[str, str], loose: bool) -> dict | None:
     ratings: dict[str, float | None] = {}
-    if d.get(column) is not None:
-        ratings.update(_ratings_mapping(d[column], column, loose))
+    if lookup(d, column) is not None:
+        ratings.update(_ratings_mapping(lookup(d, column), column, loose))
     for aspect, col in per_aspect.items():
         ratings[aspect] = number(d, col, loose)
     return {k: v for k, v in ratings.items() if v is not None} or None

@@ -18,10 +18,15 @@ class IngestConfig:
                 "source's basename (file stem, folder name, dataset name)"})
     max_row_bytes: int = field(default=1 << 20, metadata={
         "help": "rows larger than this (bytes of the raw line / serialized row) are quarantined"})
+    max_quarantine_fraction: float = field(default=0.5, metadata={
+        "help": "the ingest fails (no pairs.parquet) when more than this fraction of the rows "
+                "read is quarantined; it always fails when no pair is accepted"})
     # helpsteer2-aspects
     aspect_map: dict[str, str] = field(default_factory=dict, metadata={
         "help": "helpsteer2-aspects: aspect label by file name, file stem or file-name aspect "
-                "(e.g. {coherence: clarity}); default: the aspect in '<aspect>_preference*.jsonl'"})
+                "(e.g. {coherence: clarity}); default: the aspect the name gives, "
+                "'<aspect>_preference*.jsonl', else '<aspect>_*.jsonl' (text before the first '_'); "
+                "also used by generic's aspect_from_file_name"})
     # rated-responses / ultrafeedback
     aspects: list[str] | None = field(default=None, metadata={
         "help": "rated-responses / ultrafeedback: the aspects to read and pair on; default: every "
@@ -42,16 +47,29 @@ class IngestConfig:
     pairwise_ratings: bool = field(default=True, metadata={
         "help": "pku-saferlhf: store 1.0 / 0.0 as each aspect's rating of the response that "
                 "wins / loses on it, so PD can be computed from ratings"})
-    # trl / generic
+    # trl / generic (and the one-aspect cases of the others)
     aspect: str | None = field(default=None, metadata={
-        "help": "trl / generic: the one aspect of every pair (or use aspect_column)"})
+        "help": "the one aspect of every pair: trl / generic (or aspect_column / "
+                "aspect_from_file_name), binarized ultrafeedback (default 'overall'), "
+                "helpsteer2-aspects (wins over the file name)"})
+    aspect_from_file_name: bool = field(default=False, metadata={
+        "help": "generic: each file's aspect from its name, '<aspect>_*' as for helpsteer2-aspects "
+                "(aspect_map applies)"})
+    label_column: str | None = field(default=None, metadata={
+        "help": "generic: the column naming the preferred response, an index into "
+                "response_columns (0/1) or one of their names; replaces chosen/rejected"})
+    response_columns: list[str] = field(default_factory=lambda: ["response_0", "response_1"], metadata={
+        "help": "generic with label_column: the two response columns the label indexes"})
     aspect_column: str | None = field(default=None, metadata={
         "help": "trl / generic: the column naming each pair's aspect"})
     columns: dict[str, str] = field(default_factory=dict, metadata={
         "help": f"trl / generic: source column for each of {list(COLUMN_KEYS)} (default: the same "
-                "name); ratings_* columns hold a mapping aspect -> rating (or its JSON text)"})
+                "name); ratings_* columns hold a mapping aspect -> rating (or its JSON text). "
+                "Every column name here and below may be a dotted path into nested objects "
+                "(metadata.rating_chosen)"})
     chosen_rating_columns: dict[str, str] = field(default_factory=dict, metadata={
-        "help": "trl / generic: aspect -> column holding the chosen response's rating"})
+        "help": "trl / generic / binarized ultrafeedback: aspect -> column holding the chosen "
+                "response's rating (e.g. {overall: metadata.rating_chosen})"})
     rejected_rating_columns: dict[str, str] = field(default_factory=dict, metadata={
         "help": "trl / generic: aspect -> column holding the rejected response's rating"})
     # Hugging Face hub sources
@@ -76,8 +94,13 @@ class IngestConfig:
                   f"aspects must be a non-empty list without repeats, got {self.aspects}")
             unknown = sorted(set(self.lower_is_better) - set(self.aspects))
             check(not unknown, f"lower_is_better names aspects not in aspects: {unknown}")
-        check(not (self.aspect and self.aspect_column),
-              f"set aspect or aspect_column, not both (got {self.aspect!r} and {self.aspect_column!r})")
+        check(sum(map(bool, (self.aspect, self.aspect_column, self.aspect_from_file_name))) <= 1,
+              f"set one of aspect, aspect_column, aspect_from_file_name (got {self.aspect!r}, "
+              f"{self.aspect_column!r}, {self.aspect_from_file_name!r})")
+        check(0.0 <= self.max_quarantine_fraction <= 1.0,
+              f"max_quarantine_fraction must be in [0, 1], got {self.max_quarantine_fraction}")
+        check(len(self.response_columns) == 2 and len(set(self.response_columns)) == 2,
+              f"response_columns must name two different columns, got {self.response_columns}")
         bad = sorted(set(self.columns) - set(COLUMN_KEYS))
         check(not bad, f"columns has unknown key(s) {bad}; known: {list(COLUMN_KEYS)}")
         check(set(self.chosen_rating_columns) == set(self.rejected_rating_columns),

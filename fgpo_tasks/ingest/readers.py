@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from fgpo_tasks import jsonio
 from fgpo_tasks.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def to_bytes(text: str) -> bytes:
 def row_raw(row: Row) -> str:
     if row.raw is not None:
         return truncate_raw(row.raw)
-    return truncate_raw(json.dumps(row.data, ensure_ascii=False, default=str))
+    return truncate_raw(jsonio.dumps(row.data, ensure_ascii=False, default=str))
 
 
 # ---------------------------------------------------------------------------- resolving sources
@@ -251,7 +252,7 @@ def _has_surrogate(value: Any) -> bool:
 def _sized(sf: SourceFile, line: int, data: Any, max_row_bytes: int, loose: bool = False
            ) -> Row | Rejected:
     """A row already parsed (JSON array, Parquet, hub): checks its size and that it is a mapping."""
-    raw = json.dumps(data, ensure_ascii=False, default=str)
+    raw = jsonio.dumps(data, ensure_ascii=False, default=str)
     size = len(to_bytes(raw))
     if size > max_row_bytes:
         return _too_big(sf, line, size, max_row_bytes, raw)
