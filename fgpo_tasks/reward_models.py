@@ -31,7 +31,7 @@ loss_curve.png, length_bias.png, manifest.json.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import io
 import json
 import logging
 import math
@@ -107,15 +107,20 @@ class RewardModelConfig:
         "help": "frozen embedding pooling; auto: mean for encoders, last token for decoders"})
     head_hidden: int = field(default=0, metadata={
         "help": "frozen head: 0 = linear on standardised embeddings, >0 = one hidden layer"})
-    embed_batch_size: int = field(default=32, metadata={"help": "texts per backbone forward pass"})
+    embed_batch_size: int = field(default=32, metadata={
+        "help": "texts per backbone forward pass", "inert": True})
     cache_dir: str | None = field(default=None, metadata={
-        "help": "embedding cache root; default <work>/cache/embeddings"})
+        "help": "embedding cache root; default <work>/cache/embeddings", "inert": True})
     compare_undebiased: bool = field(default=True, metadata={
         "help": "also train a copy without debiasing (rho=0, no resampling) to report the length "
-                "bias with and without debiasing"})
+                "bias with and without debiasing", "weights": False})
     train_unified: bool = field(default=False, metadata={
         "help": "run_reward_models also trains one unified model on the whole pool (dir __all__, "
-                "the RAF baseline's reward model)"})
+                "the RAF baseline's reward model)", "inert": True})
+    refresh_fraction: float = field(default=0.25, metadata={
+        "help": "incremental retraining: an earlier proxy of the same recipe is reused while its "
+                "aspect's data has grown by less than this fraction since it was trained "
+                "(0 = always retrain on new data)", "weights": False})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
         "help": "auto: CUDA when available (bf16 autocast), else CPU"})
     seed: int = field(default=0, metadata={"help": "seed of the splits, resampling and init"})
@@ -143,6 +148,17 @@ class RewardModelConfig:
               f"got {self.max_prompt_length}")
         check(self.head_hidden >= 0, f"head_hidden must be >= 0, got {self.head_hidden}")
         check(self.embed_batch_size >= 1, f"embed_batch_size must be >= 1, got {self.embed_batch_size}")
+        check(self.refresh_fraction >= 0, f"refresh_fraction must be >= 0, got {self.refresh_fraction}")
+
+
+def weight_fields(cfg: RewardModelConfig) -> dict:
+    """The config fields that can change a trained model's weights (and so its scores): every
+    field but those marked ``inert`` or ``weights: False`` in their metadata."""
+    import dataclasses
+
+    values = to_dict(cfg)
+    return {f.name: values[f.name] for f in dataclasses.fields(cfg)
+            if not f.metadata.get("inert") and f.metadata.get("weights", True)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,59 +326,117 @@ def _autocast(device: str):
 # Frozen backbone: embeddings with an on-disk cache
 
 class EmbeddingCache:
-    """Embeddings keyed by text hash, one folder per backbone key; shards are written atomically
-    and a file lock serialises embedding, so parallel tasks embed each text once overall."""
+    """Embeddings keyed by text hash, one folder per embedding key (backbone contents + recipe).
+
+    A shard is ``shard-<id>.npy`` (float32 rows) plus ``shard-<id>.keys.npy`` (its text keys),
+    each written to a unique temporary name and renamed, the keys last: a shard exists for a
+    reader once its keys do. Readers take no lock: they read the key files (the index, cached per
+    process and extended only by new shards) and then, memory-mapped, only the rows of the shards
+    that hold the texts they ask for. Writers of missing texts serialise on a file lock and look
+    again once they hold it, so parallel tasks embed each text once overall."""
 
     def __init__(self, root: str | Path, backbone_key: str):
         self.dir = Path(root) / backbone_key
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.index: dict[str, tuple[str, int]] = {}
+        self._shards: set[str] = set()
 
-    @contextlib.contextmanager
-    def locked(self):
-        with open(self.dir / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield self
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def refresh(self) -> None:
+        for kf in sorted(self.dir.glob("shard-*.keys.npy")):
+            sid = kf.name[:-len(".keys.npy")]
+            if sid in self._shards:
+                continue
+            for i, k in enumerate(np.load(kf, allow_pickle=False).tolist()):
+                self.index.setdefault(k, (sid, i))
+            self._shards.add(sid)
 
-    def load(self) -> tuple[dict[str, int], np.ndarray | None]:
-        keys, arrays = [], []
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            with np.load(shard, allow_pickle=False) as z:
-                keys.extend(z["keys"].tolist())
-                arrays.append(z["emb"])
-        if not arrays:
-            return {}, None
-        return {k: i for i, k in enumerate(keys)}, np.concatenate(arrays)
+    def missing(self, keys) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self.index]
+
+    def get(self, keys: list[str]) -> np.ndarray:
+        """The rows of ``keys`` (all present), reading only the shards that hold them."""
+        where: dict[str, list[int]] = {}
+        for n, k in enumerate(keys):
+            where.setdefault(self.index[k][0], []).append(n)
+        out = None
+        for sid, positions in where.items():
+            arr = np.load(self.dir / f"{sid}.npy", mmap_mode="r", allow_pickle=False)
+            if out is None:
+                out = np.empty((len(keys), arr.shape[1]), dtype=np.float32)
+            out[positions] = arr[[self.index[keys[n]][1] for n in positions]]
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
     def add(self, keys: list[str], emb: np.ndarray) -> None:
+        from fgpo_tasks.storage import atomic_write
+
         if not keys:
             return
-        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.npz"
-        np.savez(tmp, keys=np.array(keys), emb=emb.astype(np.float32))
-        os.replace(tmp, self.dir / f"shard-{uuid.uuid4().hex}.npz")
+        sid = f"shard-{uuid.uuid4().hex}"
+        for suffix, arr in ((".npy", emb.astype(np.float32)), (".keys.npy", np.array(keys))):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            atomic_write(self.dir / f"{sid}{suffix}", buf.getvalue())
+        for i, k in enumerate(keys):
+            self.index.setdefault(k, (sid, i))
+        self._shards.add(sid)
+
+    def fetch(self, keys: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Rows of ``keys``; ``compute(missing keys)`` embeds those no shard holds yet."""
+        from fgpo_tasks.storage import file_lock
+
+        self.refresh()
+        if self.missing(keys):
+            with file_lock(self.dir / ".write.lock"):
+                self.refresh()  # another writer may have added them meanwhile
+                missing = self.missing(keys)
+                if missing:
+                    log.info("embedding %d new texts (%d cached)", len(missing),
+                             len(set(keys)) - len(missing))
+                    self.add(missing, compute(missing))
+        return self.get(keys)
 
 
-def _backbone_files_fingerprint(path: str) -> str:
-    p = Path(path)
-    if not p.is_dir():
-        return path  # a hub id: its name is all we know offline
-    parts = []
-    for f in sorted(p.iterdir()):
-        if f.is_file() and (f.name == "config.json"):
-            parts.append(f.read_text())
-        elif f.is_file() and f.suffix in (".safetensors", ".bin"):
-            parts.append(f"{f.name}:{f.stat().st_size}")
-    return sha256_hex(*parts)
+_CACHES: dict[Path, EmbeddingCache] = {}
+
+
+def embedding_cache(root: str | Path, key: str) -> EmbeddingCache:
+    """One EmbeddingCache per folder and process, so its index is read once."""
+    d = Path(root).absolute() / key
+    if d not in _CACHES or not d.is_dir():
+        _CACHES[d] = EmbeddingCache(root, key)
+    return _CACHES[d]
+
+
+def backbone_fingerprint(spec: str) -> str:
+    """sha256 of every file of the backbone's local folder (weights, config, tokenizer), each
+    hashed once per (path, size, mtime_ns); a hub id is resolved to its local snapshot first."""
+    from fgpo_tasks.models import pretrained_path
+    from fgpo_tasks.stages import tree_sha256
+
+    path = Path(pretrained_path(spec))
+    if not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+            path = Path(snapshot_download(str(path), local_files_only=True))
+        except Exception as e:  # noqa: BLE001 - any failure means "no local copy"
+            raise FgpoError(f"backbone {spec!r}: no local copy to fingerprint ({e})") from None
+    return tree_sha256(path)
+
+
+def library_versions() -> str:
+    """The libraries whose numerics an embedding depends on."""
+    import torch
+    import transformers
+
+    return f"torch={torch.__version__};transformers={transformers.__version__}"
 
 
 class FrozenEmbedder:
     """A frozen backbone that turns (prompt, response) into one vector; shared across aspects."""
 
     def __init__(self, spec: str, max_length: int, max_prompt_length: int, pooling: str,
-                 batch_size: int, device: str = "auto"):
-        from fgpo_tasks.models import load_encoder, load_tokenizer, pretrained_path
+                 batch_size: int, device: str = "auto", weights: str | None = None):
+        from fgpo_tasks.models import load_encoder, load_tokenizer
 
         self.spec, self.max_length, self.max_prompt_length = spec, max_length, max_prompt_length
         self.batch_size = batch_size
@@ -374,7 +448,8 @@ class FrozenEmbedder:
             pooling = "mean" if model_type in ENCODER_TYPES else "last"
         self.pooling = pooling
         self.dim = int(self.model.config.hidden_size)
-        self.key = sha256_hex(EMBED_VERSION, spec, _backbone_files_fingerprint(pretrained_path(spec)),
+        self.weights = weights or backbone_fingerprint(spec)
+        self.key = sha256_hex(EMBED_VERSION, self.weights, library_versions(),
                               str(max_length), str(max_prompt_length), pooling)[:24]
 
     def _pool(self, hidden, mask):
@@ -418,20 +493,13 @@ class FrozenEmbedder:
             emb = self.embed_uncached([prompts[i] for i in uniq], [responses[i] for i in uniq], progress)
             row = {k: j for j, k in enumerate(first)}
             return emb[[row[k] for k in keys]]
-        cache = EmbeddingCache(cache_root, self.key)
-        with cache.locked():
-            index, stored = cache.load()
-            missing = [k for k in first if k not in index]
-            if missing:
-                log.info("embedding %d new texts with %s (%d cached)", len(missing), self.spec,
-                         len(first) - len(missing))
-                new = self.embed_uncached([prompts[first[k]] for k in missing],
-                                          [responses[first[k]] for k in missing], progress)
-                cache.add(missing, new)
-                base = len(index)
-                index.update({k: base + j for j, k in enumerate(missing)})
-                stored = new if stored is None else np.concatenate([stored, new])
-        return stored[[index[k] for k in keys]]
+        cache = embedding_cache(cache_root, self.key)
+
+        def compute(missing: list[str]) -> np.ndarray:
+            return self.embed_uncached([prompts[first[k]] for k in missing],
+                                       [responses[first[k]] for k in missing], progress)
+
+        return cache.fetch(keys, compute)
 
 
 _EMBEDDERS: dict[tuple, FrozenEmbedder] = {}
@@ -439,10 +507,13 @@ _EMBEDDERS: dict[tuple, FrozenEmbedder] = {}
 
 def get_embedder(spec: str, max_length: int, max_prompt_length: int, pooling: str,
                  batch_size: int, device: str = "auto") -> FrozenEmbedder:
-    """One loaded backbone per process and recipe (loading MiniLM takes seconds)."""
-    k = (spec, max_length, max_prompt_length, pooling, batch_size, device)
+    """One loaded backbone per process, recipe and backbone contents (loading MiniLM takes
+    seconds; weights changed in place are a new backbone, never the stale loaded one)."""
+    weights = backbone_fingerprint(spec)
+    k = (spec, weights, max_length, max_prompt_length, pooling, batch_size, device)
     if k not in _EMBEDDERS:
-        _EMBEDDERS[k] = FrozenEmbedder(spec, max_length, max_prompt_length, pooling, batch_size, device)
+        _EMBEDDERS[k] = FrozenEmbedder(spec, max_length, max_prompt_length, pooling, batch_size, device,
+                                       weights=weights)
     return _EMBEDDERS[k]
 
 
@@ -611,13 +682,14 @@ def _aspect_rows(df: pd.DataFrame, aspect: str) -> pd.DataFrame:
     return rows.sort_values("pair_id", kind="stable").reset_index(drop=True)
 
 
-def _recipe_fingerprint(aspect: str, cfg: RewardModelConfig, train_fp: str) -> str:
-    """Identity of a trained model: what it was trained on and how. The score cache keys on it,
-    so a retrain on unchanged data and config reuses earlier scores."""
-    semantic = {k: v for k, v in to_dict(cfg).items()
-                if k not in ("cache_dir", "compare_undebiased", "train_unified", "device",
-                             "embed_batch_size")}
-    return sha256_hex(aspect, stable_json(semantic), train_fp, code_version())[:32]
+def _recipe_fingerprint(aspect: str, cfg: RewardModelConfig, train_fp: str, backbone_fp: str = "") -> str:
+    """Identity of a trained model: what it was trained on and how (every weight-relevant field,
+    the backbone's weights, the reward-model code). The score cache keys on it, so a retrain on
+    unchanged data and config reuses earlier scores."""
+    from fgpo_tasks.stages import code_version as stage_code
+
+    return sha256_hex(aspect, stable_json(weight_fields(cfg)), train_fp, backbone_fp,
+                      stage_code("reward_model"))[:32]
 
 
 def _length_bias_figure(path: Path, dlen, margins: dict[str, np.ndarray], aspect: str) -> None:
@@ -686,7 +758,7 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
     longer = (lw >= ll)[tr]
     dwords_ho = (lw - ll)[ho]
     train_fp = contract.content_fingerprint(train)
-    fingerprint = _recipe_fingerprint(aspect, config, train_fp)
+    fingerprint = _recipe_fingerprint(aspect, config, train_fp, backbone_fingerprint(config.backbone))
     variants = {"debiased": (config.rho, config.tau)}
     if config.compare_undebiased and (config.rho != 0 or config.tau is not None):
         variants["undebiased"] = (0.0, None)
@@ -818,6 +890,19 @@ def discover_models(reward_models_dir: str | Path, include_unified: bool = False
     if not found:
         raise FgpoError(f"{root}: no reward models found (expected <aspect>/{MODEL_FILE}; "
                         "train them with `fgpo reward-models`)")
+    return sorted(found, key=lambda r: r["aspect"])
+
+
+def load_models(model_dirs: list[str | Path], include_unified: bool = False) -> list[dict]:
+    """The saved reward models in the folders ``model_dirs`` (each one model), sorted by aspect."""
+    found = []
+    for d in model_dirs:
+        rec = load_record(d)
+        if rec["aspect"] == UNIFIED and not include_unified:
+            continue
+        rec["dir"] = str(d)
+        rec["training_ids"] = set(json.loads((Path(d) / "training_ids.json").read_text()))
+        found.append(rec)
     return sorted(found, key=lambda r: r["aspect"])
 
 
