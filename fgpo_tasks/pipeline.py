@@ -364,15 +364,6 @@ def _champion_dir(cfg: PipelineConfig) -> str | None:
     return None
 
 
-def eval_reward_model_config(stages: dict, where: str):
-    """The evaluation reward models' config: section ``eval_reward_models`` over the proxies'
-    ``reward_models`` section (the one rule for the pipeline and the experiment)."""
-    from fgpo_tasks.reward_models import RewardModelConfig
-
-    values = {**(stages.get("reward_models") or {}), **(stages.get("eval_reward_models") or {})}
-    return from_dict(RewardModelConfig, values, where=f"{where} [eval_reward_models]")
-
-
 def step_evaluate(params: dict, run_key: str, created_at: str, model: str, validated: dict | None = None,
                   reward_models: list[dict] | None = None) -> dict:
     """Candidate against the champion (else the reference policy), scored by evaluation RMs.
@@ -392,7 +383,7 @@ def step_evaluate(params: dict, run_key: str, created_at: str, model: str, valid
     store = _store(cfg)
     runs, overrides = [], {}
     if validated and validated.get("eval_rm"):
-        rm_config = eval_reward_model_config(cfg.stages, f"profile {cfg.profile!r}")
+        rm_config = workflow.eval_reward_model_config(cfg.stages, f"profile {cfg.profile!r}")
         judges, rm_runs = workflow.eval_reward_models(store, validated["eval_rm"], rm_config, created_at)
         runs += list(rm_runs.values())
         overrides = {

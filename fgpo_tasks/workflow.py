@@ -183,6 +183,16 @@ def embed(store: Store, datas: list[str], config, created_at: str) -> StageRun:
                      compute=compute, config=fields)
 
 
+def eval_reward_model_config(stages: dict, where: str):
+    """The evaluation reward models' config: section ``eval_reward_models`` over the proxies'
+    ``reward_models`` section (the one rule for the pipeline and the experiment)."""
+    from fgpo_tasks.config import from_dict
+    from fgpo_tasks.reward_models import RewardModelConfig
+
+    values = {**(stages.get("reward_models") or {}), **(stages.get("eval_reward_models") or {})}
+    return from_dict(RewardModelConfig, values, where=f"{where} [eval_reward_models]")
+
+
 def eval_reward_models(store: Store, eval_rm: str, config, created_at: str) -> tuple[dict[str, list[str]], dict]:
     """One evaluation reward model per aspect of the held-out ``eval_rm`` pairs:
     ({aspect: ["fgpo:<folder>"]}, {aspect: StageRun})."""
