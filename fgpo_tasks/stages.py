@@ -60,11 +60,11 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "cap": ("holdout.py", "contract.py"),
     "embed": _RM + ("contract.py",),
     "reward_model": _RM + ("contract.py",),
+    "eval_reward_model": _RM + ("contract.py",),
     "score": ("scoring.py", "contract.py") + _RM,
     "select": ("selection.py", "scoring.py", "contract.py") + _RM,
     "train_dpo": ("dpo", "contract.py") + _MODELS,
     "evaluate": ("evaluate.py", "contract.py", "synthetic.py") + _RM,
-    "prompts": ("evaluate.py", "contract.py", "synthetic.py"),
 }
 
 

@@ -106,11 +106,11 @@ def _recipe(aspect: str, config) -> str:
     return sha256_hex("recipe", aspect, stable_json(rm.weight_fields(config)), code_version("reward_model"))[:24]
 
 
-def _reusable(store: Store, recipe: str, ids: set[str], refresh_fraction: float
+def _reusable(store: Store, stage: str, recipe: str, ids: set[str], refresh_fraction: float
               ) -> tuple[dict | None, str]:
     """(the record of a proxy to reuse, or None; why). The newest trained proxy of the recipe
     whose pairs are all still in the data decides: reused while growth < refresh_fraction."""
-    for rec in reversed(store.records("reward_model")):
+    for rec in reversed(store.records(stage)):
         if rec.get("recipe") != recipe or rec["result"].get("reused"):
             continue
         model = Path(rec["result"]["model"])
@@ -143,7 +143,7 @@ def reward_model(store: Store, data: str, aspect: str, config, created_at: str, 
         df = contract.read_pairs(data)
         rows = df if aspect == rm.UNIFIED else df[df["aspect"] == aspect]
         ids = set(rows["pair_id"])
-        prev, reason = _reusable(store, recipe, ids, config.refresh_fraction)
+        prev, reason = _reusable(store, stage, recipe, ids, config.refresh_fraction)
         log.info("reward model %s: %s", aspect, reason)
         if prev is not None:
             before = prev["result"]
