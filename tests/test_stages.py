@@ -272,3 +272,24 @@ def test_a_stage_code_version_follows_its_own_sources_only():
     assert stages.code_version("score") != stages.code_version("ingest")
     files = {f.name for f in stages._source_files(stages.STAGE_CODE["ingest"])}
     assert "scoring.py" not in files and "contract.py" in files
+
+
+def test_the_reference_cache_keys_on_weight_contents_never_on_names(tmp_path):
+    """A reference model changed in place gets a new key; a hub id is never hashed by its name."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fgpo_tasks import models
+    from fgpo_tasks.dpo import refcache
+    from fgpo_tasks.errors import FgpoError
+
+    ref = tmp_path / "ref"
+    shutil.copytree(models.pretrained_path("tiny-llama"), ref)
+    before = refcache.model_fingerprint(str(ref), tmp_path / "cache")
+    weights = next(ref.glob("*.safetensors"))
+    tensors = {k: v + 1 for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert refcache.model_fingerprint(str(ref), tmp_path / "cache") != before
+    with pytest.raises(FgpoError, match="no local copy"):  # offline, not cached: no name-only key
+        refcache.model_fingerprint("nobody/no-such-model", tmp_path / "cache")
