@@ -21,8 +21,9 @@ pd                     PD(z) from reward models (or from ratings with ``--from-r
 pd_ratings             PD from the ratings when the data carries other aspects' ratings, else null
 =====================  ==============================================================================
 
-Raw margins are cached per reward-model fingerprint and pair_id, so scoring after a new
-annotation batch only runs the models on the new pairs.
+Raw margins are cached per reward model (``score_cache_key``: its recipe fingerprint, folder
+contents, backbone contents, library versions) and pair_id, so scoring after a new annotation
+batch with a reused proxy only runs the models on the new pairs.
 """
 
 from __future__ import annotations
@@ -198,12 +199,13 @@ class ScoreCache:
 
 def score_cache_key(model: dict) -> str:
     """What a cached margin depends on: the model's recipe fingerprint, the contents of its
-    folder (weights changed in place are another model) and, for frozen models, of the backbone."""
+    folder (weights changed in place are another model), the torch / transformers versions and,
+    for frozen models, the backbone's contents."""
     from fgpo_tasks import reward_models as rm
     from fgpo_tasks.provenance import sha256_hex
     from fgpo_tasks.stages import tree_sha256
 
-    parts = [model["fingerprint"], tree_sha256(model["dir"])]
+    parts = [model["fingerprint"], tree_sha256(model["dir"]), rm.library_versions()]
     if model.get("mode") == "frozen":
         parts.append(rm.backbone_fingerprint(model["backbone"]))
     return sha256_hex(*parts)[:32]
