@@ -35,9 +35,9 @@ from fgpo_tasks import workflow
 from fgpo_tasks.config import from_dict
 from fgpo_tasks.errors import FgpoError
 from fgpo_tasks.experiment.config import (ROLE_TAG, ArmSpec, ExperimentConfig, PoolSpec, _arm, _commit,
-                                          _device_kind, _done, _mlflow_key, _pool, _require, _resolve_source,
+                                          _device_kind, _done, _pool, _require, _resolve_source,
                                           _stage, _threads, arm_units, out_root, pool_units, store)
-from fgpo_tasks.experiment.report import _tracking_uri, _true_conflict, report
+from fgpo_tasks.experiment.report import _true_conflict, open_tracker, report
 
 log = logging.getLogger(__name__)
 
@@ -377,15 +377,10 @@ def _eval_summary(eval_dir: Path) -> dict:
 
 
 def _tracker(cfg: ExperimentConfig, key: str, pool: str, seed: int, arm: ArmSpec):
-    from fgpo_tasks.tracking import Tracker, TrackingConfig
-
     tags = {ROLE_TAG: "arm", "fgpo.experiment": key, "fgpo.pool": pool, "fgpo.seed": seed, "fgpo.arm": arm.name,
             "fgpo.strategy": arm.strategy, "fgpo.loss_type": arm.loss_type, "fgpo.budget": arm.budget or cfg.budget,
             "fgpo.starting_policy": cfg.starting_policy}
-    tracker = Tracker(_mlflow_key(cfg, key, pool, f"s{seed}", arm.name),
-                      TrackingConfig(tracking_uri=_tracking_uri(cfg), experiment_name=cfg.experiment_name,
-                                     system_metrics=False),
-                      run_name=f"{pool}/seed{seed}/{arm.name}", tags=tags)
+    tracker = open_tracker(cfg, key, pool, f"s{seed}", arm.name, run_name=f"{pool}/seed{seed}/{arm.name}", tags=tags)
     tracker.set_tags(tracker.parent_run_id, tags)  # also on a run resumed after a crash
     tracker.log_params(tracker.parent_run_id, {"arm.strategy": arm.strategy, "arm.loss_type": arm.loss_type,
                                                "arm.budget": arm.budget or cfg.budget, "pool": pool, "seed": seed})
@@ -394,13 +389,9 @@ def _tracker(cfg: ExperimentConfig, key: str, pool: str, seed: int, arm: ArmSpec
 
 def _log_shared(cfg: ExperimentConfig, key: str, pool: dict) -> None:
     """The shared work of a (pool, seed) as its own MLflow run (role 'shared'), for its costs."""
-    from fgpo_tasks.tracking import Tracker, TrackingConfig
-
     tags = {ROLE_TAG: "shared", "fgpo.experiment": key, "fgpo.pool": pool["pool"], "fgpo.seed": pool["seed"]}
-    tracker = Tracker(_mlflow_key(cfg, key, pool["pool"], f"s{pool['seed']}", "shared"),
-                      TrackingConfig(tracking_uri=_tracking_uri(cfg), experiment_name=cfg.experiment_name,
-                                     system_metrics=False),
-                      run_name=f"{pool['pool']}/seed{pool['seed']}/shared", tags=tags)
+    tracker = open_tracker(cfg, key, pool["pool"], f"s{pool['seed']}", "shared",
+                           run_name=f"{pool['pool']}/seed{pool['seed']}/shared", tags=tags)
     tracker.log_metrics(tracker.parent_run_id, {
         "rm_seconds": pool["rm_seconds"], "score_seconds": pool.get("score_seconds", 0.0),
         "embed_seconds": pool.get("embed_seconds", 0.0),

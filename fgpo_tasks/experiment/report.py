@@ -22,6 +22,17 @@ def _tracking_uri(cfg: ExperimentConfig) -> str:
     return cfg.tracking_uri or default_tracking_uri()
 
 
+def open_tracker(cfg: ExperimentConfig, key: str, *parts: str, run_name: str, tags: dict):
+    """The experiment's one way to open an MLflow run (arm, shared work of a pool, report): keyed
+    by the run key, the config's hash and ``parts``, in the experiment's MLflow experiment."""
+    from fgpo_tasks.tracking import Tracker, TrackingConfig
+
+    return Tracker(_mlflow_key(cfg, key, *parts),
+                   TrackingConfig(tracking_uri=_tracking_uri(cfg), experiment_name=cfg.experiment_name,
+                                  system_metrics=False),
+                   run_name=run_name, tags=tags)
+
+
 CONFLICT_COVERAGE = 0.5  # report the true-conflict share only where this much of a selection has ratings PD
 
 
@@ -51,12 +62,9 @@ def _true_conflict(selected_dir: str, scores_dir: str | None) -> dict:
 
 def _log_report(cfg: ExperimentConfig, key: str, root: Path) -> None:
     """The table and plot as artifacts of one MLflow run (role 'report') beside the arms' runs."""
-    from fgpo_tasks.tracking import Tracker, TrackingConfig
-
     try:
-        tracker = Tracker(_mlflow_key(cfg, key, "report"), TrackingConfig(tracking_uri=_tracking_uri(cfg),
-                                                          experiment_name=cfg.experiment_name, system_metrics=False),
-                          run_name=f"{key}/report", tags={ROLE_TAG: "report", "fgpo.experiment": key})
+        tracker = open_tracker(cfg, key, "report", run_name=f"{key}/report",
+                               tags={ROLE_TAG: "report", "fgpo.experiment": key})
         for name in ("results.md", "results.csv", "results.png", "results.json"):
             tracker.log_artifact(tracker.parent_run_id, root / name, "report")
         tracker.finish("FINISHED")
