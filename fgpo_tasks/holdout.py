@@ -77,3 +77,13 @@ def write_split(data_dir: str | Path, out_dir: str | Path, config: HoldoutConfig
                              config={"holdout": to_dict(config), "part": name})
         out[name], out[f"n_{name}"] = str(path), int(len(part))
     return out
+
+
+def cap_pairs(df: pd.DataFrame, max_pairs: int | None, seed: int) -> pd.DataFrame:
+    """At most max_pairs pairs, each aspect keeping its share; by pair-id hash (deterministic)."""
+    if max_pairs is None or len(df) <= max_pairs:
+        return df
+    order = sorted(range(len(df)), key=lambda i: sha256_hex("cap", str(seed), df["pair_id"].iloc[i]))
+    ranked = df.iloc[order].copy()
+    ranked["_rank"] = ranked.groupby("aspect").cumcount() / ranked.groupby("aspect")["pair_id"].transform("size")
+    return ranked.sort_values(["_rank", "pair_id"]).head(max_pairs).drop(columns="_rank").sort_values("pair_id")

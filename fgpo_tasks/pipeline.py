@@ -1,10 +1,18 @@
 """The pipeline's steps as plain functions: what each Airflow task (and `fgpo pipeline`) calls.
 
 Every step takes plain values (the run's params dict, the run key, the run's timestamp and the
-URIs its upstream steps returned) and returns a small dict of URIs and headline figures. Steps
-are transactions: a step writes under ``<storage_root>/runs/<run_key>/<step>``, commits a
-``step.json`` last, and a step whose ``step.json`` exists returns it without redoing the work, so
-a retried or cleared task never recomputes a finished stage and never sees half a result.
+URIs its upstream steps returned) and returns a small dict of URIs and headline figures. A step
+runs its stage through the stage layer (``fgpo_tasks.stages``, bodies in ``fgpo_tasks.workflow``):
+the output lives under ``<storage_root>/stages/<stage>/<key>/``, keyed by the stage's inputs,
+config and code, and the run key only records which stage output it used
+(``<storage_root>/runs/<run_key>/<step>.json``). So:
+
+- a retried or cleared task never recomputes a finished stage and never sees half a result;
+- a rerun of a run key with nothing changed computes nothing (and logs nothing new to MLflow);
+- a changed parameter under an existing run key is never answered with the old output: that
+  stage and every stage after it get new keys and are computed (the run record then points at
+  the new outputs; the MLflow stage run of the new output is named ``<stage>@<key prefix>``);
+- two run keys on the same data and settings share every stage output.
 
 Configuration: ``params`` pick a profile (``configs/pipeline/<profile>.yaml``: top-level
 fields of ``PipelineConfig`` plus one section per stage with that stage's config fields) and
@@ -100,7 +108,7 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
 
 def storage_root(cfg: PipelineConfig) -> Path:
     from fgpo_tasks.env import work_dir
-    return Path(cfg.storage_root) if cfg.storage_root else work_dir() / "storage"
+    return Path(cfg.storage_root).absolute() if cfg.storage_root else work_dir() / "storage"
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -118,7 +126,7 @@ def _stage_config(cfg: PipelineConfig, stage: str, cls, **overrides):
     return from_dict(cls, values, where=f"profile {cfg.profile!r} [{stage}]")
 
 
-_done, _commit = step_result, commit_step  # storage.py: a step is done when its step.json exists
+_done, _commit = step_result, commit_step  # register: a side effect, recorded once per candidate
 
 
 def _resolve_source(s: str) -> str:
@@ -151,24 +159,55 @@ def _manifest(path: Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+def _store(cfg: PipelineConfig):
+    from fgpo_tasks.stages import Store
+    return Store(storage_root(cfg))
+
+
+def _use(cfg: PipelineConfig, run_key: str, step: str, runs: list, result: dict, log_fn) -> dict:
+    """Record that ``run_key``'s ``step`` used the stage outputs ``runs``; return its result.
+
+    A step this run key already recorded with the same stage keys returns that record (nothing
+    is logged again); otherwise ``log_fn(child_name, computed)`` logs the step into the run's
+    MLflow run and returns the stage run id. Under a run key whose step pointed at another output
+    (a parameter changed), the MLflow stage run is ``<step>@<key prefix>``: MLflow keeps the old
+    stage run's params, the new one gets its own."""
+    store = _store(cfg)
+    keys = {r.stage: r.key for r in runs}
+    before = store.run_record(run_key, step)
+    if before is not None and before["stages"] == keys:
+        return before["result"]
+    name = step.replace(":", "/")
+    if before is not None:
+        name = f"{name}@{runs[-1].key[:8]}"
+    computed = any(r.computed for r in runs)
+    run_id = log_fn(name, computed)
+    result = {**result, "stage_key": runs[-1].key, "mlflow_run_id": run_id}
+    return store.record_run(run_key, step, keys, result)
+
+
+def _stage_tags(runs: list) -> dict:
+    return {"fgpo.stage_key": runs[-1].key, "fgpo.reused": str(not any(r.computed for r in runs)).lower()}
+
+
 # ---------------------------------------------------------------------------------------------
 # The steps, in pipeline order.
 
 def step_ingest(params: dict, run_key: str, created_at: str) -> dict:
     """Read the configured sources into the data contract."""
-    from fgpo_tasks.ingest import IngestConfig, run_ingest
+    from fgpo_tasks import workflow
+    from fgpo_tasks.ingest import IngestConfig
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "ingest")
-    if done := _done(step):
-        return done
     config = _stage_config(cfg, "ingest", IngestConfig)
     sources = [_resolve_source(s) for s in cfg.source] or ["toy-world"]
-    metrics = run_ingest(sources, cfg.format, step / "data", config, created_at)
-    counts = {k: metrics[k] for k in ("rows_in", "accepted", "quarantined") if k in metrics}
-    run_id = _log(cfg, run_key, "ingest", config=config, metrics=counts,
-                  artifacts=[step / "data" / "manifest.json", step / "data" / "quarantine.parquet"])
-    return _commit(step, {"data": str(step / "data"), **counts, "mlflow_run_id": run_id})
+    run = workflow.ingest(_store(cfg), sources, cfg.format, config, created_at)
+    res = run.result
+    counts = {k: res[k] for k in ("rows_in", "accepted", "quarantined") if k in res}
+    data = Path(res["data"])
+    return _use(cfg, run_key, "ingest", [run], {"data": res["data"], **counts},
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=counts, tags=_stage_tags([run]),
+                                            artifacts=[data / "manifest.json", data / "quarantine.parquet"]))
 
 
 def step_validate(params: dict, run_key: str, created_at: str, data: str) -> dict:
@@ -176,108 +215,137 @@ def step_validate(params: dict, run_key: str, created_at: str, data: str) -> dic
 
     With a ``holdout`` split, ``data`` is the pool that the split leaves, and ``eval_rm`` /
     ``eval_prompts`` are the pair directories of the evaluation reward models and prompts."""
-    from fgpo_tasks.holdout import HoldoutConfig, write_split
-    from fgpo_tasks.validate import ValidateConfig, run_validate
+    from fgpo_tasks import workflow
+    from fgpo_tasks.holdout import HoldoutConfig
+    from fgpo_tasks.validate import ValidateConfig
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "validate")
-    if done := _done(step):
-        return done
     config = _stage_config(cfg, "validate", ValidateConfig, aspects=cfg.aspects or None)
-    validated = step / "data"
-    metrics = run_validate(data, validated, config, created_at)
-    counts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    out, split = validated, {}
-    if cfg.holdout is not None:
-        split = write_split(validated, step / "holdout", from_dict(HoldoutConfig, cfg.holdout), created_at)
-        out = Path(split["pool"])
-        counts.update({k: v for k, v in split.items() if k.startswith("n_")})
-    aspects = sorted(_manifest(out)["row_counts"]["per_aspect"])
-    run_id = _log(cfg, run_key, "validate", config=config, metrics=counts,
-                  artifacts=[validated / "validation_result.json", validated / "quarantine.parquet",
-                             validated / "data_docs"],
-                  datasets=[(out, "training")] + ([(split["eval_prompts"], "evaluation")] if split else []))
+    holdout = from_dict(HoldoutConfig, cfg.holdout) if cfg.holdout is not None else None
+    run = workflow.validate(_store(cfg), data, config, holdout, created_at)
+    res = run.result
+    counts = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    validated = Path(res["validated"])
     # RAF needs one unified reward model over the whole pool, trained beside the per-aspect ones.
-    reward_models = aspects + (["__all__"] if cfg.strategy == "raf" else [])
-    return _commit(step, {"data": str(out), "aspects": aspects, "reward_models": reward_models,
-                          **{k: split[k] for k in ("eval_rm", "eval_prompts") if k in split},
-                          **counts, "mlflow_run_id": run_id})
+    reward_models = res["aspects"] + (["__all__"] if cfg.strategy == "raf" else [])
+    result = {"data": res["data"], "aspects": res["aspects"], "reward_models": reward_models,
+              **{k: res[k] for k in ("eval_rm", "eval_prompts") if k in res}, **counts}
+    datasets = [(res["data"], "training")] + ([(res["eval_prompts"], "evaluation")] if "eval_prompts" in res else [])
+    return _use(cfg, run_key, "validate", [run], result,
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=counts, tags=_stage_tags([run]),
+                                            artifacts=[validated / "validation_result.json",
+                                                       validated / "quarantine.parquet", validated / "data_docs"],
+                                            datasets=datasets))
 
 
 def step_reward_model(params: dict, run_key: str, created_at: str, data: str, aspect: str) -> dict:
-    """Train the proxy reward model of ONE aspect (the DAG maps this over the aspects)."""
-    from fgpo_tasks.reward_models import RewardModelConfig, run_reward_model
+    """The proxy reward model of ONE aspect (the DAG maps this over the aspects): trained, or
+    reused while the aspect's data grew by less than ``refresh_fraction`` since it was trained
+    (``reused`` and ``reason`` say which and why)."""
+    from fgpo_tasks import workflow
+    from fgpo_tasks.reward_models import RewardModelConfig
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "reward_models", aspect)
-    if done := _done(step / "step"):
-        return done
     config = _stage_config(cfg, "reward_models", RewardModelConfig, backbone=cfg.reward_backbone)
-    metrics = run_reward_model(data, aspect, step.parent, config, created_at)
-    run_id = _log(cfg, run_key, f"reward_model/{aspect}", config=config, metrics=metrics,
-                  artifacts=[p for p in step.glob("*.png")] + [p for p in step.glob("*.json")])
-    return _commit(step / "step", {"aspect": aspect, "model": str(step),
-                                   "accuracy": metrics.get("heldout_accuracy"), "mlflow_run_id": run_id})
+    run = workflow.reward_model(_store(cfg), data, aspect, config, created_at)
+    res = run.result
+    model = Path(res["model"])
+    result = {"aspect": aspect, "model": res["model"], "accuracy": res.get("accuracy"),
+              "reused": res["reused"], "reason": res["reason"], "n_pairs": res["n_pairs_now"],
+              "n_trained_on": res["n_pairs"]}
+    metrics = {**res.get("metrics", {}), "reused": float(res["reused"])}
+    return _use(cfg, run_key, f"reward_model:{aspect}", [run], result,
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=metrics,
+                                            tags={**_stage_tags([run]), "fgpo.reason": res["reason"]},
+                                            artifacts=[p for p in model.glob("*.png")] + [p for p in model.glob("*.json")]
+                                            if computed else []))
 
 
 def step_score(params: dict, run_key: str, created_at: str, data: str, reward_models: list[dict]) -> dict:
-    """PD of every pair, cross-extrapolated from the other aspects' reward models (cached)."""
-    from fgpo_tasks.scoring import ScoreConfig, run_score
+    """PD of every pair, cross-extrapolated from the other aspects' reward models; pairs that a
+    proxy scored before come from the score cache (manifest: ``scored`` / ``from_cache`` per aspect)."""
+    from fgpo_tasks import workflow
+    from fgpo_tasks.reward_models import UNIFIED
+    from fgpo_tasks.scoring import ScoreConfig
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "score")
-    if done := _done(step):
-        return done
     config = _stage_config(cfg, "score", ScoreConfig)
-    models_dir = Path(reward_models[0]["model"]).parent if reward_models else None
-    out = step / "scores"
-    metrics = run_score(data, out, config, created_at, reward_models_dir=models_dir)
-    run_id = _log(cfg, run_key, "score", config=config, metrics=metrics,
-                  artifacts=[out / "manifest.json", out / "reports"])
-    return _commit(step, {"scores": str(out), "mlflow_run_id": run_id,
-                          **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    models = [m["model"] for m in reward_models if m.get("aspect") != UNIFIED]
+    run = workflow.score(_store(cfg), data, models, config, created_at)
+    res = run.result
+    out = Path(res["scores"])
+    result = {"scores": res["scores"], "scored": res.get("scored", {}), "from_cache": res.get("from_cache", {}),
+              **{k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    return _use(cfg, run_key, "score", [run], result,
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=res, tags=_stage_tags([run]),
+                                            artifacts=[out / "manifest.json", out / "reports"]))
 
 
 def step_select(params: dict, run_key: str, created_at: str, data: str, scores: str) -> dict:
     """Keep the budget's fraction of pairs by the configured strategy."""
-    from fgpo_tasks.selection import SelectConfig, run_select
+    from fgpo_tasks import workflow
+    from fgpo_tasks.selection import SelectConfig
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "select")
-    if done := _done(step):
-        return done
-    config = _stage_config(cfg, "select", SelectConfig, strategy=cfg.strategy, budget=cfg.budget)
-    out = step / "data"
-    metrics = run_select(scores, data, out, config, created_at)
-    run_id = _log(cfg, run_key, "select", config=config, metrics=metrics,
-                  artifacts=[out / "manifest.json", out / "reports"], datasets=[(out, "training")])
-    return _commit(step, {"data": str(out), "selected": _manifest(out).get("row_counts", {}).get("total"),
-                          "mlflow_run_id": run_id})
+    unified = None
+    if cfg.strategy == "raf":
+        unified = _unified_model(cfg, run_key)
+    config = _stage_config(cfg, "select", SelectConfig, strategy=cfg.strategy, budget=cfg.budget,
+                           unified_model=unified)
+    run = workflow.select(_store(cfg), scores, data, config, created_at)
+    out = Path(run.result["data"])
+    return _use(cfg, run_key, "select", [run], {"data": str(out), "selected": run.result["selected"]},
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=run.result["metrics"],
+                                            tags=_stage_tags([run]), artifacts=[out / "manifest.json", out / "reports"],
+                                            datasets=[(out, "training")]))
+
+
+def _unified_model(cfg: PipelineConfig, run_key: str) -> str | None:
+    """The RAF baseline's unified reward model this run trained (its reward_model:__all__ step)."""
+    rec = _store(cfg).run_record(run_key, "reward_model:__all__")
+    return rec["result"]["model"] if rec else None
 
 
 def step_train_dpo(params: dict, run_key: str, created_at: str, data: str, scores: str) -> dict:
     """DPO on the selected pairs; per-step curves go to MLflow as they happen."""
-    from fgpo_tasks.dpo import run_train_dpo
+    import contextlib
+
+    from fgpo_tasks import workflow
     from fgpo_tasks.dpo.config import DPOConfig
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "train_dpo")
-    if done := _done(step):
-        return done
     overrides = {"model": cfg.policy_model, "beta": cfg.beta, "epochs": cfg.epochs}
     if cfg.stages.get("dpo", {}).get("loss_type") == "dfpo":
         overrides["scores_dir"] = scores
     config = _stage_config(cfg, "dpo", DPOConfig, **overrides)
-    tracker = _tracker(cfg, run_key)
-    with tracker.stage("train_dpo") as run:
-        run.log_config(config)
-        callback = run.metrics_callback("dpo")
-        # checkpoints live beside the output, so a retried task resumes instead of restarting
-        metrics = run_train_dpo(data, step / "model", config, created_at, metrics_callback=callback)
-        callback.flush(raise_errors=False)
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))
-                         and not isinstance(v, bool)}, prefix="dpo.final")
-    return _commit(step, {"model": str(step / "model"), "mlflow_run_id": run.run_id})
+    store = _store(cfg)
+    before = store.run_record(run_key, "train_dpo")
+    name = "train_dpo"
+    ran: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def tracked():
+        # the MLflow stage run around the training, only when it trains (curves as they happen)
+        with _tracker(cfg, run_key).stage(child) as run:
+            run.log_config(config)
+            ran["run_id"] = run.run_id
+            yield run.metrics_callback("dpo")
+
+    from fgpo_tasks.stages import stage_key
+    key = stage_key("train_dpo", *workflow.dpo_spec(data, config))[0]
+    child = name if before is None or before["stages"].get("train_dpo") == key else f"{name}@{key[:8]}"
+    run = workflow.train_dpo(store, data, config, created_at, on_compute=tracked)
+
+    def log_fn(stage_name, computed):
+        if "run_id" in ran:
+            with _tracker(cfg, run_key).stage(child) as r:
+                r.log_metrics({k: v for k, v in run.result["metrics"].items() if isinstance(v, (int, float))
+                               and not isinstance(v, bool)}, prefix="dpo.final")
+                r.set_tags(_stage_tags([run]))
+            return ran["run_id"]
+        return _log(cfg, run_key, stage_name, config=config, metrics=run.result["metrics"], tags=_stage_tags([run]))
+
+    return _use(cfg, run_key, "train_dpo", [run], {"model": run.result["model"]}, log_fn)
 
 
 def _champion_dir(cfg: PipelineConfig) -> str | None:
@@ -296,55 +364,47 @@ def _champion_dir(cfg: PipelineConfig) -> str | None:
     return None
 
 
-def _eval_reward_models(cfg: PipelineConfig, created_at: str, eval_rm: str, out: Path) -> dict[str, list[str]]:
-    """One evaluation reward model per aspect on the held-out ``eval_rm`` pairs (section
-    ``eval_reward_models`` over the proxies' ``reward_models`` section); a model already
-    trained under ``out`` is reused, so a retried evaluate task does not retrain it."""
-    from fgpo_tasks import contract
-    from fgpo_tasks.reward_models import MODEL_FILE, RewardModelConfig, run_reward_model
-
-    values = {**cfg.stages.get("reward_models", {}), **cfg.stages.get("eval_reward_models", {})}
-    config = from_dict(RewardModelConfig, values, where=f"profile {cfg.profile!r} [eval_reward_models]")
-    models = {}
-    for aspect in sorted(contract.read_pairs(eval_rm)["aspect"].unique()):
-        if not (out / aspect / MODEL_FILE).is_file():
-            run_reward_model(eval_rm, aspect, out, config, created_at)
-        models[aspect] = [f"fgpo:{out / aspect}"]
-    return models
-
-
 def step_evaluate(params: dict, run_key: str, created_at: str, model: str, validated: dict | None = None,
                   reward_models: list[dict] | None = None) -> dict:
     """Candidate against the champion (else the reference policy), scored by evaluation RMs.
 
     With a ``holdout`` split (``validated`` carries ``eval_rm`` / ``eval_prompts``), evaluation
     reward models are trained on the held-out pairs, the prompts come from the held-out prompt
-    part, and the proxies (``reward_models``) are named so that none is used as a judge."""
+    part, and the proxies (``reward_models``) are named so that none is used as a judge. The
+    baseline is fixed at a run's first evaluation of a candidate: a rerun of the run key compares
+    against the same baseline even after that run made the candidate the champion."""
+    from fgpo_tasks import workflow
     from fgpo_tasks.dpo.config import DPOConfig
-    from fgpo_tasks.evaluate import EvalConfig, run_evaluate
+    from fgpo_tasks.evaluate import EvalConfig
     from fgpo_tasks.models import pretrained_path
     from fgpo_tasks.tracking import log_evaluation
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "evaluate")
-    if done := _done(step):
-        return done
-    overrides: dict[str, Any] = {}
+    store = _store(cfg)
+    runs, overrides = [], {}
     if validated and validated.get("eval_rm"):
+        rm_config = workflow.eval_reward_model_config(cfg.stages, f"profile {cfg.profile!r}")
+        judges, rm_runs = workflow.eval_reward_models(store, validated["eval_rm"], rm_config, created_at)
+        runs += list(rm_runs.values())
         overrides = {
-            "eval_models": _eval_reward_models(cfg, created_at, validated["eval_rm"], step / "eval_reward_models"),
-            "prompt_source": "pairs", "prompt_path": validated["eval_prompts"],
+            "eval_models": judges, "prompt_source": "pairs", "prompt_path": validated["eval_prompts"],
             # the split's parts share the validated data as lineage: name the training pool instead
             "follow_lineage": False, "exclude_pairs": [validated["data"]],
             "proxy_models": [f"fgpo:{m['model']}" for m in reward_models or []]}
     config = _stage_config(cfg, "evaluate", EvalConfig, **overrides)
-    dpo = _stage_config(cfg, "dpo", DPOConfig, model=cfg.policy_model)
-    baseline = _champion_dir(cfg) or pretrained_path(dpo.ref_model or dpo.model)
-    out = step / "results"
-    figures = run_evaluate(model, baseline, out, config, created_at)
-    run_id = log_evaluation(_tracker(cfg, run_key), out)
-    return _commit(step, {"results": str(out), "baseline": baseline, "mlflow_run_id": run_id,
-                          **{k: v for k, v in figures.items() if isinstance(v, (int, float))}})
+    before = store.run_record(run_key, "evaluate")
+    if before is not None and before["result"].get("model") == model:
+        baseline = before["result"]["baseline"]
+    else:
+        dpo = _stage_config(cfg, "dpo", DPOConfig, model=cfg.policy_model)
+        baseline = _champion_dir(cfg) or pretrained_path(dpo.ref_model or dpo.model)
+    run = workflow.evaluate(store, model, baseline, config, created_at)
+    runs.append(run)
+    res = run.result
+    result = {"results": res["results"], "baseline": baseline, "model": model,
+              **{k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    return _use(cfg, run_key, "evaluate", runs, result,
+                lambda name, computed: log_evaluation(_tracker(cfg, run_key), res["results"]))
 
 
 def data_key(cfg: PipelineConfig, data_fingerprint: str) -> str:
@@ -375,6 +435,13 @@ def _registered_for(cfg: PipelineConfig, key: str) -> dict | None:
                       f"{mv.tags.get(REASON_TAG, '')}"}
 
 
+def _register_key(model: str, evaluation: dict) -> str:
+    """A run's registration is of one candidate and its evaluation: a changed parameter under the
+    run key (another model) registers the new candidate instead of answering with the old one."""
+    from fgpo_tasks.provenance import sha256_hex
+    return sha256_hex(str(model), str(evaluation.get("results")))[:16]
+
+
 def step_register(params: dict, run_key: str, created_at: str, model: str, evaluation: dict) -> dict:
     """Register the candidate; challenger always, champion when the promotion gate passes.
 
@@ -384,7 +451,7 @@ def step_register(params: dict, run_key: str, created_at: str, model: str, evalu
     from fgpo_tasks.registry import GateConfig, register_candidate
 
     cfg = pipeline_config(params)
-    step = _step_dir(cfg, run_key, "register")
+    step = _step_dir(cfg, run_key, "register", _register_key(model, evaluation))
     if done := _done(step):
         return done
     key = data_key(cfg, read_model_info(model).get("data_fingerprint", ""))

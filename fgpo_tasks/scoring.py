@@ -21,8 +21,9 @@ pd                     PD(z) from reward models (or from ratings with ``--from-r
 pd_ratings             PD from the ratings when the data carries other aspects' ratings, else null
 =====================  ==============================================================================
 
-Raw margins are cached per reward-model fingerprint and pair_id, so scoring after a new
-annotation batch only runs the models on the new pairs.
+Raw margins are cached per reward model (``score_cache_key``: its recipe fingerprint, folder
+contents, backbone contents, library versions) and pair_id, so scoring after a new annotation
+batch with a reused proxy only runs the models on the new pairs.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ class ScoreConfig:
         "help": "a response's ratings from every pair it appears in count for all its pairs "
                 "(HelpSteer2's per-aspect files rate the same responses on several aspects)"})
     use_cache: bool = field(default=True, metadata={
-        "help": "reuse raw margins of pairs already scored by a reward model with the same fingerprint"})
+        "help": "reuse raw margins of pairs already scored by the same reward model (its recipe "
+                "fingerprint, its folder's contents and its backbone's contents)", "inert": True})
     cache_dir: str | None = field(default=None, metadata={
-        "help": "score cache root; default <work>/cache/scores"})
+        "help": "score cache root; default <work>/cache/scores", "inert": True})
     embedding_cache_dir: str | None = field(default=None, metadata={
-        "help": "embedding cache root for frozen models; default: the one each model was trained with"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+        "help": "embedding cache root for frozen models; default: the one each model was trained with",
+        "inert": True})
+    progress: bool = field(default=True, metadata={"help": "show progress bars", "inert": True})
 
     def __post_init__(self):
         check(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
@@ -194,6 +197,20 @@ class ScoreCache:
         tmp.rename(self.dir / f"shard-{uuid.uuid4().hex}.parquet")
 
 
+def score_cache_key(model: dict) -> str:
+    """What a cached margin depends on: the model's recipe fingerprint, the contents of its
+    folder (weights changed in place are another model), the torch / transformers versions and,
+    for frozen models, the backbone's contents."""
+    from fgpo_tasks import reward_models as rm
+    from fgpo_tasks.provenance import sha256_hex
+    from fgpo_tasks.stages import tree_sha256
+
+    parts = [model["fingerprint"], tree_sha256(model["dir"]), rm.library_versions()]
+    if model.get("mode") == "frozen":
+        parts.append(rm.backbone_fingerprint(model["backbone"]))
+    return sha256_hex(*parts)[:32]
+
+
 def _pair_margins(score_fn, rows: pd.DataFrame) -> np.ndarray:
     p = rows["prompt"].tolist()
     r = score_fn(p + p, rows["chosen"].tolist() + rows["rejected"].tolist())
@@ -211,7 +228,7 @@ def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config
     todo = []  # (j, rows needing a model pass, cache)
     for j, m in enumerate(models):
         need = np.flatnonzero(mask[:, j])
-        cache = ScoreCache(cache_root, m["fingerprint"]) if config.use_cache else None
+        cache = ScoreCache(cache_root, score_cache_key(m)) if config.use_cache else None
         cached = cache.load() if cache else {}
         ids = df["pair_id"].to_numpy()
         hit = np.array([ids[i] in cached for i in need], dtype=bool)
@@ -284,15 +301,20 @@ def read_scores(scores_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 
 
 def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, created_at: str,
-              reward_models_dir: str | Path | None = None) -> dict[str, Any]:
-    """Score PD for every pair of ``data_dir`` into out_dir/scores.parquet (+ manifest, reports)."""
+              reward_models_dir: str | Path | None = None, model_dirs: list[str] | None = None
+              ) -> dict[str, Any]:
+    """Score PD for every pair of ``data_dir`` into out_dir/scores.parquet (+ manifest, reports).
+
+    The reward models: every one under ``reward_models_dir``, or the folders ``model_dirs``."""
     from fgpo_tasks import reports
     from fgpo_tasks import reward_models as rm
 
     start = time.perf_counter()
-    if reward_models_dir is None and not config.from_ratings:
+    if model_dirs:
+        reward_models_dir = None
+    if reward_models_dir is None and not model_dirs and not config.from_ratings:
         raise ConfigError("score needs reward models (--reward-models DIR) or --from-ratings")
-    if reward_models_dir is not None and config.from_ratings:
+    if (reward_models_dir is not None or model_dirs) and config.from_ratings:
         raise ConfigError("give either --reward-models or --from-ratings, not both")
     df = contract.read_pairs(data_dir)
     if len(df) == 0:
@@ -308,7 +330,7 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         aspects, raw, mask, scaled, q, pd_values = r_aspects, r_raw, r_mask, r_scaled, r_q, pd_r
         source = "ratings"
     else:
-        models = rm.discover_models(reward_models_dir)
+        models = rm.load_models(model_dirs) if model_dirs else rm.discover_models(reward_models_dir)
         aspects = [m["aspect"] for m in models]
         missing = sorted(set(df["aspect"]) - set(aspects))
         if missing:

@@ -47,7 +47,8 @@ class SelectConfig:
     pool_ratings: bool = field(default=True, metadata={
         "help": "ova/avg: a response's ratings from every pair it appears in count for all its pairs"})
     embedding_cache_dir: str | None = field(default=None, metadata={
-        "help": "raf: embedding cache root of a frozen unified model; default: the model's own"})
+        "help": "raf: embedding cache root of a frozen unified model; default: the model's own",
+        "inert": True})
     max_pairs: int | None = field(default=None, metadata={
         "help": "keep at most this many of the selected pairs: a seeded uniform sample of the "
                 "selection (a small-compute run trains on a sample of what the strategy chose, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,7 +20,8 @@ def tiny_config(tmp_path, policy: str) -> ExperimentConfig:
         "experiment_name": "test-experiment", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "out_dir": str(tmp_path / "exp"),
         "pools": [{"name": "c20", "ingest": {"synthetic": {"n_pairs": 80, "conflict_rate": 0.2}}}],
-        "arms": [{"name": "pd", "strategy": "pd"}, {"name": "dfpo", "strategy": "all", "loss_type": "dfpo"}],
+        "arms": [{"name": "pd", "strategy": "pd"}, {"name": "dfpo", "strategy": "all", "loss_type": "dfpo"},
+                 {"name": "all", "strategy": "all"}],
         "stages": {
             "validate": {"min_pairs_per_aspect": 5, "rating_min": -100.0, "rating_max": 100.0, "data_docs": False},
             "reward_models": {"backbone": "tiny-bert", "max_length": 64, "max_prompt_length": 24, "epochs": 3,
@@ -51,10 +53,24 @@ def ran(tmp_path_factory):
     mp.setattr(scoring, "run_score", lambda *a, **k: calls.__setitem__("score", calls["score"] + 1) or real_score(*a, **k))
     mp.setattr(reward_models, "run_reward_model", lambda d, aspect, *a, **k: calls["reward_model"].append(aspect)
                or real_rm(d, aspect, *a, **k))
+    from fgpo_tasks import stages
+
+    computed, real_run = [], stages.Store.run
+
+    def spy(self, stage, **kw):
+        run = real_run(self, stage, **kw)
+        if run.computed:
+            computed.append(stage)
+        return run
+
+    mp.setattr(stages.Store, "run", spy)
     summary = experiment.run_experiment(cfg, "tiny-key", "2026-01-01T00:00:00+00:00")
+    n_first = len(computed)
     again = experiment.run_experiment(cfg, "tiny-key", "2026-01-01T00:00:00+00:00")  # resumes: no new work
     mp.undo()
-    return {"cfg": cfg, "tmp": tmp, "summary": summary, "again": again, "calls": calls, "policy": str(policy)}
+    assert len(computed) == n_first, f"the rerun computed {computed[n_first:]}"
+    return {"cfg": cfg, "tmp": tmp, "summary": summary, "again": again, "calls": calls, "policy": str(policy),
+            "computed": computed}
 
 
 def _arm(ran, name) -> dict:
@@ -67,15 +83,14 @@ def test_arms_share_one_scoring_of_the_pool(ran):
     assert sorted(calls["reward_model"]) == ["conciseness", "correctness", "detail", "politeness"]
     pd_arm, dfpo_arm = _arm(ran, "pd"), _arm(ran, "dfpo")
     pool = json.loads((ran["tmp"] / "exp" / "pools" / "c20" / "seed0" / "step.json").read_text())
-    card = json.loads((ran["tmp"] / "exp" / "arms" / "c20" / "seed0" / "dfpo" / "model" / "fgpo_model.json").read_text())
+    card = json.loads((Path(dfpo_arm["model"]) / "fgpo_model.json").read_text())
     assert card["config"]["scores_dir"] == pool["scores"] and card["config"]["loss_type"] == "dfpo"
     assert (pd_arm["n_pool"], pd_arm["n_selected"], dfpo_arm["n_selected"]) == (80, 24, 80)
     # both pay for the shared proxies in their cost, and training from the same starting policy
     assert pd_arm["cost"]["selection_s"] >= pool["score_seconds"] + sum(pool["rm_seconds"].values())
     for arm in (pd_arm, dfpo_arm):
         assert arm["cost"]["training_s"] > 0 and arm["evaluation"]["n_prompts"] == 6
-        results = json.loads((ran["tmp"] / "exp" / "arms" / "c20" / "seed0" / arm["arm"] / "evaluation"
-                              / "results.json").read_text())
+        results = json.loads((Path(arm["evaluation_dir"]) / "results.json").read_text())
         assert results["baseline"]["path"].endswith("policy")
 
 
@@ -88,19 +103,19 @@ def test_every_arm_is_evaluated_on_the_same_held_out_prompts(ran):
     sft_data = json.loads((ran["tmp"] / "exp" / "prepare" / "step.json").read_text())["policy_data"]
     seen = set(contract.read_pairs(pool["data"])["prompt"]) | set(contract.read_pairs(sft_data)["prompt"])
     assert len(prompts) == 6 and not prompts & seen
-    for name in ("pd", "dfpo"):
-        gens = (ran["tmp"] / "exp" / "arms" / "c20" / "seed0" / name / "evaluation" / "generations.jsonl")
+    for name in ("pd", "dfpo", "all"):
+        gens = Path(_arm(ran, name)["evaluation_dir"]) / "generations.jsonl"
         assert {json.loads(line)["prompt"] for line in gens.read_text().splitlines()} == prompts
 
 
 def test_results_table_has_every_arm(ran):
     summary, root = ran["summary"], ran["tmp"] / "exp"
-    assert summary["arms_run"] == summary["arms_planned"] == 2 and ran["again"]["arms_run"] == 2
+    assert summary["arms_run"] == summary["arms_planned"] == 3 and ran["again"]["arms_run"] == 3
     md = (root / "results.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| pd ") or line.startswith("| dfpo ")]
-    assert len(rows) == 2
+    rows = [line for line in md.splitlines() if line.startswith(("| pd ", "| dfpo ", "| all "))]
+    assert len(rows) == 3
     table = pd.read_csv(root / "results.csv")
-    assert table["arm"].tolist() == ["pd", "dfpo"] and table["seeds"].tolist() == [1, 1]
+    assert table["arm"].tolist() == ["pd", "dfpo", "all"] and table["seeds"].tolist() == [1, 1, 1]
     assert table["lc_win_rate.mean"].between(0, 1).all()
     assert (root / "results.png").stat().st_size > 10_000
 
@@ -112,7 +127,7 @@ def test_each_arm_is_an_mlflow_run_tagged_with_its_strategy(ran):
     exp = client.get_experiment_by_name("test-experiment")
     runs = client.search_runs([exp.experiment_id], "tags.`fgpo.role` = 'arm'")
     by_arm = {r.data.tags["fgpo.arm"]: r for r in runs}
-    assert set(by_arm) == {"pd", "dfpo"}  # the rerun resumed the same runs instead of adding some
+    assert set(by_arm) == {"pd", "dfpo", "all"}  # the rerun resumed the same runs instead of adding some
     assert by_arm["pd"].data.tags["fgpo.strategy"] == "pd" and by_arm["dfpo"].data.tags["fgpo.loss_type"] == "dfpo"
     for r in by_arm.values():
         assert r.info.status == "FINISHED"
@@ -195,12 +210,38 @@ def test_pd_ratings_is_skipped_where_too_few_pairs_carry_other_ratings(tmp_path)
     assert experiment.aggregate(cfg, [out])[0]["skipped"] == out["skipped"]
 
 
-def test_a_run_key_refuses_a_changed_config(tmp_path):
-    cfg = from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "seeds": [0]})
-    experiment.check_same_config(cfg, "k")
-    experiment.check_same_config(from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "seeds": [0, 1]}), "k")
-    with pytest.raises(ConfigError, match=r"another config \(changed: \['budget'\]\)"):
-        experiment.check_same_config(from_dict(ExperimentConfig, {"out_dir": str(tmp_path), "budget": 0.5}), "k")
+def test_two_arms_with_the_same_selection_share_it(ran):
+    """``all`` with the sigmoid loss and with DFPO select the same pairs: one select stage."""
+    dfpo, plain = _arm(ran, "dfpo"), _arm(ran, "all")
+    assert dfpo["stage_keys"]["select"] == plain["stage_keys"]["select"] and dfpo["selected"] == plain["selected"]
+    assert dfpo["stage_keys"]["train_dpo"] != plain["stage_keys"]["train_dpo"]  # the losses differ
+    assert ran["computed"].count("select") == 2  # pd's and the shared one, once each
+    assert sorted(s for s in ran["computed"] if s == "train_dpo") == ["train_dpo"] * 3
+
+
+def test_a_changed_config_under_the_run_key_recomputes_what_it_reaches_only(ran, monkeypatch):
+    from fgpo_tasks import stages
+
+    seen = []
+    real = stages.Store.run
+
+    def spy(self, stage, **kw):
+        run = real(self, stage, **kw)
+        if run.computed:
+            seen.append(stage)
+        return run
+
+    monkeypatch.setattr(stages.Store, "run", spy)
+    cfg = tiny_config(ran["tmp"], ran["policy"])
+    cfg.stages["dpo"]["lr"] = 5e-4
+    before = _arm(ran, "pd")
+    experiment.run_experiment(cfg, "tiny-key", "2026-01-01T00:00:00+00:00")
+    after = _arm(ran, "pd")
+    assert sorted(set(seen)) == ["evaluate", "train_dpo"]  # no pool, proxy, score or selection stage
+    assert after["stage_keys"]["select"] == before["stage_keys"]["select"]
+    assert after["stage_keys"]["train_dpo"] != before["stage_keys"]["train_dpo"]
+    card = json.loads((Path(after["model"]) / "fgpo_model.json").read_text())
+    assert card["config"]["lr"] == 5e-4
 
 
 def test_mlflow_run_keys_follow_the_config_so_a_restarted_run_key_never_clashes(tmp_path):

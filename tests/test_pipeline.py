@@ -28,12 +28,18 @@ def _versions(uri: str, name: str) -> list:
     return MlflowClient(uri).search_model_versions(f"name = '{name}'")
 
 
-def _step_files(run_dir: Path) -> dict[str, int]:
-    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("step.json")}
+def _stage_files(storage: Path) -> dict[str, int]:
+    return {str(p.relative_to(storage)): p.stat().st_mtime_ns for p in storage.glob("stages/*/*/stage.json")}
+
+
+def _stage_key(storage: Path, run_key: str, step: str) -> str | None:
+    rec = storage / "runs" / run_key / f"{step}.json"
+    return json.loads(rec.read_text())["stages"][step.split(":")[0]] if rec.is_file() else None
 
 
 def test_a_failed_step_retried_redoes_no_finished_stage_and_registers_once(tmp_path, monkeypatch):
     params = _params(tmp_path)
+    storage = tmp_path / "storage"
     from fgpo_tasks import selection
 
     real_select = selection.run_select
@@ -44,14 +50,14 @@ def test_a_failed_step_retried_redoes_no_finished_stage_and_registers_once(tmp_p
     monkeypatch.setattr(selection, "run_select", broken)
     with pytest.raises(RuntimeError, match="worker lost"):
         pipeline.run_pipeline(params, "run-1", CREATED_AT)
-    run_dir = Path(pipeline.run_dir(pipeline.pipeline_config(params), "run-1"))
-    finished = _step_files(run_dir)
-    assert {"ingest/step.json", "validate/step.json", "score/step.json"} <= set(finished)
-    assert not (run_dir / "select" / "step.json").exists() and not (run_dir / "select" / "data").exists()
+    finished = _stage_files(storage)
+    assert {"ingest", "validate", "score"} <= {Path(k).parts[1] for k in finished}
+    assert not any(Path(k).parts[1] == "select" for k in finished)
+    assert _stage_key(storage, "run-1", "score") and _stage_key(storage, "run-1", "select") is None
 
     monkeypatch.setattr(selection, "run_select", real_select)
     result = pipeline.run_pipeline(params, "run-1", CREATED_AT)
-    after = _step_files(run_dir)
+    after = _stage_files(storage)
     assert {k: after[k] for k in finished} == finished, "a finished stage was redone"
     reg = result["register"]
     assert reg["version"] == "1" and "challenger" in reg["aliases"]

@@ -6,7 +6,8 @@ HELP = "run the whole pipeline (ingest .. register) in-process on a profile"
 def add_arguments(p):
     p.add_argument("--profile", default="demo", help="configs/pipeline/<profile>.yaml (default: demo)")
     p.add_argument("--run-key", default=None, help="pipeline run id; re-running the same key resumes "
-                   "it and skips finished steps (default: manual__<created-at>)")
+                   "it: finished stages are reused, a changed flag recomputes the stages it changes "
+                   "(default: manual__<created-at>)")
     p.add_argument("--strategy", default=None, help="selection strategy (overrides the profile)")
     p.add_argument("--budget", type=float, default=None, help="fraction of pairs kept (overrides the profile)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the work folder)")

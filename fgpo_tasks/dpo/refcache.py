@@ -1,7 +1,8 @@
 """Reference log-probs: computed once per (reference model, tokenised pairs), cached on disk.
 
-The cache key is sha256 of the reference model's weight files, the pairs' token ids (which fold
-in the tokenizer, chat template and max lengths) and the precision, so a retrain on the same
+The cache key is sha256 of the reference model's weight files (a hub id resolved to its local
+snapshot first, never its name), the pairs' token ids (which fold in the tokenizer, chat template
+and max lengths), the precision and the torch / transformers versions, so a retrain on the same
 pairs reuses the numbers and a change in any input computes them afresh. A cache file holds
 pair_id, ref_chosen and ref_rejected (float32) as .npz: no pickle.
 """
@@ -49,24 +50,46 @@ def _files_fingerprint(files: list[Path], cache_dir: Path) -> str:
     return sha256_hex(*parts)
 
 
+def _snapshot(hub_id: str) -> Path:
+    """The local folder of a hub id: its cached snapshot, else downloaded now. A hub id's name
+    says nothing about the weights behind it, so the key is never made from the name."""
+    from huggingface_hub import snapshot_download
+
+    from fgpo_tasks.errors import FgpoError
+
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: download it (the reference model needs it anyway)
+        try:
+            return Path(snapshot_download(hub_id))
+        except Exception as e:  # noqa: BLE001
+            raise FgpoError(f"reference model {hub_id!r}: no local copy and the download failed ({e}); "
+                            "its weights must be hashed to key the reference log-prob cache") from None
+
+
 def model_fingerprint(spec: str, cache_dir: Path) -> str:
-    """Fingerprint of a model spec's weights (a hub id missing locally falls back to its name)."""
+    """Fingerprint of a model spec's weights: the bytes of its weight and config files (a hub id
+    resolved to its local snapshot first, downloading it if needed)."""
     path, gguf_file = models.resolve(spec) if spec not in models.TINY else (models.pretrained_path(spec), None)
     if gguf_file:
         return _files_fingerprint([Path(path) / gguf_file], cache_dir)
     folder = Path(path)
     if not folder.is_dir():
-        try:  # a hub id: its local snapshot, if any
-            from huggingface_hub import snapshot_download
-            folder = Path(snapshot_download(spec, local_files_only=True))
-        except Exception:  # noqa: BLE001 - any failure means "not available locally"
-            return sha256_hex("hub", spec)
+        folder = _snapshot(str(path))
     files = [f for f in folder.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
     return _files_fingerprint(files, cache_dir)
 
 
+def library_versions() -> str:
+    """The libraries whose numerics the log-probs depend on."""
+    import torch
+    import transformers
+
+    return f"torch={torch.__version__};transformers={transformers.__version__}"
+
+
 def cache_key(ref_fingerprint: str, tokens: PairTokens, precision: str) -> str:
-    return sha256_hex(CACHE_VERSION, ref_fingerprint, tokens.fingerprint(), precision)[:32]
+    return sha256_hex(CACHE_VERSION, ref_fingerprint, tokens.fingerprint(), precision, library_versions())[:32]
 
 
 def load(path: Path, tokens: PairTokens) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,0 +1,271 @@
+"""Frozen backbones: tokenising (prompt, response), embedding, and the on-disk embedding cache."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fgpo_tasks.errors import FgpoError
+from fgpo_tasks.provenance import sha256_hex
+from fgpo_tasks.reward_models.config import EMBED_VERSION, ENCODER_TYPES, resolve_device, text_key
+
+log = logging.getLogger(__name__)
+
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:
+    """Index batches of texts sorted by length (longest first), so padding stays small."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+
+def padding_fraction(lengths, batches) -> float:
+    """Fraction of padding tokens when each batch is padded to its longest member."""
+    lengths = np.asarray(lengths)
+    total = sum(len(b) * lengths[b].max() for b in batches if len(b))
+    return float(1.0 - lengths.sum() / total) if total else 0.0
+
+
+
+def encode_texts(tokenizer, prompts: list[str], responses: list[str], max_length: int,
+                 max_prompt_length: int) -> list[dict]:
+    """Token features per (prompt, response): the prompt keeps its last tokens, the response the rest."""
+    out = []
+    use_template = getattr(tokenizer, "chat_template", None) is not None
+    for prompt, response in zip(prompts, responses):
+        p_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+        if max_prompt_length == 0:
+            prompt = ""
+        elif len(p_ids) > max_prompt_length:
+            prompt = tokenizer.decode(p_ids[-max_prompt_length:])
+        if use_template:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                tokenize=False)
+            enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)
+        else:
+            enc = tokenizer(prompt, response, truncation="only_second", max_length=max_length)
+        out.append({k: list(v) for k, v in enc.items()})
+    return out
+
+
+
+def _collate(tokenizer, feats: list[dict], device):
+    batch = tokenizer.pad(feats, padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+
+def _autocast(device: str):
+    import torch
+
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+
+class EmbeddingCache:
+    """Embeddings keyed by text hash, one folder per embedding key (backbone contents + recipe).
+
+    A shard is ``shard-<id>.npy`` (float32 rows) plus ``shard-<id>.keys.npy`` (its text keys),
+    each written to a unique temporary name and renamed, the keys last: a shard exists for a
+    reader once its keys do. Readers take no lock: they read the key files (the index, cached per
+    process and extended only by new shards) and then, memory-mapped, only the rows of the shards
+    that hold the texts they ask for. Writers of missing texts serialise on a file lock and look
+    again once they hold it, so parallel tasks embed each text once overall."""
+
+    def __init__(self, root: str | Path, backbone_key: str):
+        self.dir = Path(root) / backbone_key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index: dict[str, tuple[str, int]] = {}
+        self._shards: set[str] = set()
+
+    def refresh(self) -> None:
+        for kf in sorted(self.dir.glob("shard-*.keys.npy")):
+            sid = kf.name[:-len(".keys.npy")]
+            if sid in self._shards:
+                continue
+            for i, k in enumerate(np.load(kf, allow_pickle=False).tolist()):
+                self.index.setdefault(k, (sid, i))
+            self._shards.add(sid)
+
+    def missing(self, keys) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self.index]
+
+    def get(self, keys: list[str]) -> np.ndarray:
+        """The rows of ``keys`` (all present), reading only the shards that hold them."""
+        where: dict[str, list[int]] = {}
+        for n, k in enumerate(keys):
+            where.setdefault(self.index[k][0], []).append(n)
+        out = None
+        for sid, positions in where.items():
+            arr = np.load(self.dir / f"{sid}.npy", mmap_mode="r", allow_pickle=False)
+            if out is None:
+                out = np.empty((len(keys), arr.shape[1]), dtype=np.float32)
+            out[positions] = arr[[self.index[keys[n]][1] for n in positions]]
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+    def add(self, keys: list[str], emb: np.ndarray) -> None:
+        from fgpo_tasks.storage import atomic_write
+
+        if not keys:
+            return
+        sid = f"shard-{uuid.uuid4().hex}"
+        for suffix, arr in ((".npy", emb.astype(np.float32)), (".keys.npy", np.array(keys))):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            atomic_write(self.dir / f"{sid}{suffix}", buf.getvalue())
+        for i, k in enumerate(keys):
+            self.index.setdefault(k, (sid, i))
+        self._shards.add(sid)
+
+    def fetch(self, keys: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Rows of ``keys``; ``compute(missing keys)`` embeds those no shard holds yet."""
+        from fgpo_tasks.storage import file_lock
+
+        self.refresh()
+        if self.missing(keys):
+            with file_lock(self.dir / ".write.lock"):
+                self.refresh()  # another writer may have added them meanwhile
+                missing = self.missing(keys)
+                if missing:
+                    log.info("embedding %d new texts (%d cached)", len(missing),
+                             len(set(keys)) - len(missing))
+                    self.add(missing, compute(missing))
+        return self.get(keys)
+
+
+
+_CACHES: dict[Path, EmbeddingCache] = {}
+
+
+
+def embedding_cache(root: str | Path, key: str) -> EmbeddingCache:
+    """One EmbeddingCache per folder and process, so its index is read once."""
+    d = Path(root).absolute() / key
+    if d not in _CACHES or not d.is_dir():
+        _CACHES[d] = EmbeddingCache(root, key)
+    return _CACHES[d]
+
+
+
+def backbone_fingerprint(spec: str) -> str:
+    """sha256 of every file of the backbone's local folder (weights, config, tokenizer), each
+    hashed once per (path, size, mtime_ns); a hub id is resolved to its local snapshot first."""
+    from fgpo_tasks.models import pretrained_path
+    from fgpo_tasks.stages import tree_sha256
+
+    path = Path(pretrained_path(spec))
+    if not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+            path = Path(snapshot_download(str(path), local_files_only=True))
+        except Exception as e:  # noqa: BLE001 - any failure means "no local copy"
+            raise FgpoError(f"backbone {spec!r}: no local copy to fingerprint ({e})") from None
+    return tree_sha256(path)
+
+
+
+def library_versions() -> str:
+    """The libraries whose numerics an embedding depends on."""
+    import torch
+    import transformers
+
+    return f"torch={torch.__version__};transformers={transformers.__version__}"
+
+
+
+class FrozenEmbedder:
+    """A frozen backbone that turns (prompt, response) into one vector; shared across aspects."""
+
+    def __init__(self, spec: str, max_length: int, max_prompt_length: int, pooling: str,
+                 batch_size: int, device: str = "auto", weights: str | None = None):
+        from fgpo_tasks.models import load_encoder, load_tokenizer
+
+        self.spec, self.max_length, self.max_prompt_length = spec, max_length, max_prompt_length
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.tokenizer = load_tokenizer(spec)
+        self.model = load_encoder(spec).to(self.device).eval()
+        model_type = getattr(self.model.config, "model_type", "")
+        if pooling == "auto":
+            pooling = "mean" if model_type in ENCODER_TYPES else "last"
+        self.pooling = pooling
+        self.dim = int(self.model.config.hidden_size)
+        self.weights = weights or backbone_fingerprint(spec)
+        self.key = sha256_hex(EMBED_VERSION, self.weights, library_versions(),
+                              str(max_length), str(max_prompt_length), pooling)[:24]
+
+    def _pool(self, hidden, mask):
+        import torch
+
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        last = mask.sum(1) - 1  # right padding: the last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def embed_uncached(self, prompts: list[str], responses: list[str], progress: bool = True
+                       ) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        feats = encode_texts(self.tokenizer, prompts, responses, self.max_length,
+                             self.max_prompt_length)
+        out = np.zeros((len(feats), self.dim), dtype=np.float32)
+        batches = length_sorted_batches([len(f["input_ids"]) for f in feats], self.batch_size)
+        with torch.inference_mode(), _autocast(self.device):
+            for b in tqdm(batches, desc=f"embed {self.spec}", unit="batch", disable=not progress,
+                          leave=False):
+                enc = _collate(self.tokenizer, [feats[i] for i in b], self.device)
+                hidden = self.model(**enc).last_hidden_state
+                out[b] = self._pool(hidden, enc["attention_mask"]).float().cpu().numpy()
+        return out
+
+    def embed(self, prompts: list[str], responses: list[str], cache_root: str | Path | None = None,
+              progress: bool = True) -> np.ndarray:
+        """Embeddings of each (prompt, response); each distinct text is embedded at most once,
+        ever, when ``cache_root`` is given (else once per call)."""
+        keys = [text_key(p, r) for p, r in zip(prompts, responses)]
+        first = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        if cache_root is None:
+            uniq = list(first.values())
+            emb = self.embed_uncached([prompts[i] for i in uniq], [responses[i] for i in uniq], progress)
+            row = {k: j for j, k in enumerate(first)}
+            return emb[[row[k] for k in keys]]
+        cache = embedding_cache(cache_root, self.key)
+
+        def compute(missing: list[str]) -> np.ndarray:
+            return self.embed_uncached([prompts[first[k]] for k in missing],
+                                       [responses[first[k]] for k in missing], progress)
+
+        return cache.fetch(keys, compute)
+
+
+
+_EMBEDDERS: dict[tuple, FrozenEmbedder] = {}
+
+
+
+def get_embedder(spec: str, max_length: int, max_prompt_length: int, pooling: str,
+                 batch_size: int, device: str = "auto") -> FrozenEmbedder:
+    """One loaded backbone per process, recipe and backbone contents (loading MiniLM takes
+    seconds; weights changed in place are a new backbone, never the stale loaded one)."""
+    weights = backbone_fingerprint(spec)
+    k = (spec, weights, max_length, max_prompt_length, pooling, batch_size, device)
+    if k not in _EMBEDDERS:
+        _EMBEDDERS[k] = FrozenEmbedder(spec, max_length, max_prompt_length, pooling, batch_size, device,
+                                       weights=weights)
+    return _EMBEDDERS[k]
