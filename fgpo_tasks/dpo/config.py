@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fgpo_tasks.config import check
 LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "dfpo")
+DFPO_PD = ("raw", "scaled")
 SCHEDULERS = ("cosine", "linear", "constant")
 
 
@@ -26,9 +27,15 @@ class DPOConfig:
     sft_weight: float = field(default=0.0, metadata={
         "help": "weight of an NLL term on the chosen response (per-token mean, RPO); 0 = off"})
     scores_dir: str | None = field(default=None, metadata={
-        "help": "dfpo: folder with scores.parquet (columns pair_id, pd) covering every training pair"})
+        "help": "dfpo: the score stage's folder (scores.parquet with pair_id, raw_margin_<aspect>, pd; "
+                "manifest.json) covering every training pair"})
+    dfpo_pd: str = field(default="raw", metadata={
+        "help": "dfpo: the PD inside the loss. raw: - sum over the other aspects of the raw reward "
+                "differences r_k'(x,y_w) - r_k'(x,y_l) (METHOD.md's DFPO loss); scaled: the selection "
+                "PD (quantile-scaled, clipped margins; column pd)"})
     num_aspects: int | None = field(default=None, metadata={
-        "help": "dfpo: K in -log sigmoid(K*M + PD); default: number of distinct aspects in the data"})
+        "help": "dfpo: K in -log sigmoid(K*M + PD); default: the number of reward models (aspects) "
+                "in the scores manifest"})
 
     # Data
     max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + response"})
@@ -91,6 +98,7 @@ class DPOConfig:
         check(self.sft_weight >= 0, f"sft_weight must be >= 0, got {self.sft_weight}")
         check(self.loss_type != "dfpo" or bool(self.scores_dir),
               "scores_dir is required when loss_type is 'dfpo' (a folder with scores.parquet: pair_id, pd)")
+        check(self.dfpo_pd in DFPO_PD, f"dfpo_pd: unknown {self.dfpo_pd!r}; expected one of {list(DFPO_PD)}")
         check(self.num_aspects is None or self.num_aspects >= 1, f"num_aspects must be >= 1, got {self.num_aspects}")
         check(bool(self.model), "model must name a model spec, got an empty string")
         check(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}")

@@ -119,8 +119,11 @@ def preference_loss(loss_type: str, chosen: torch.Tensor, rejected: torch.Tensor
 
     elif loss_type == "dfpo":
         # DFPO, Zhang et al. 2025 (https://arxiv.org/abs/2508.07638): -log sigmoid(K * M + PD) with
-        # M = beta * delta, the DPO margin (see METHOD.md). PD > 0 (other aspects prefer the rejected
-        # response) demands a larger margin.
+        # M = beta * delta, the DPO margin, and PD = - sum_{k' != k} [r_k'(x, y_w) - r_k'(x, y_l)]
+        # (METHOD.md). PD is added to the argument: PD > 0 (the other aspects prefer the rejected
+        # response) lowers the loss and its gradient, so a conflicting pair is satisfied with a
+        # smaller margin and pushes the policy less; PD < 0 (the other aspects agree with the label)
+        # raises them, so the policy must widen the margin further.
         losses = -F.logsigmoid(num_aspects * beta * delta + pd)
 
     else:

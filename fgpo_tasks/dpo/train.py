@@ -62,25 +62,58 @@ def check_model_spec(field: str, spec: str) -> None:
         raise ConfigError(f"{field}: {e}") from None
 
 
-def load_pd(scores_dir: str, df) -> np.ndarray:
-    """PD of every pair, in row order, from ``scores_dir/scores.parquet`` (columns pair_id, pd)."""
+RAW_MARGIN_PREFIX = "raw_margin_"
+
+
+def dfpo_pd(scores, mode: str) -> "pd.Series":
+    """PD per pair_id for the DFPO loss. ``raw``: - sum over the other aspects of the raw reward
+    differences (columns raw_margin_<aspect>, null on the pair's own aspect and where a reward model
+    may not score the pair), METHOD.md's PD(z); ``scaled``: the selection PD (column pd)."""
+    if mode == "scaled":
+        return scores["pd"]
+    cols = [c for c in scores.columns if c.startswith(RAW_MARGIN_PREFIX)]
+    return -scores[cols].sum(axis=1, skipna=True, min_count=0)
+
+
+def scores_num_aspects(scores_dir: str, scores) -> int:
+    """K of the DFPO loss: the number of reward models (aspects) the scores were made with, from the
+    scores manifest (metrics.aspects), else the number of raw_margin_<aspect> columns."""
+    path = Path(scores_dir) / "manifest.json"
+    if path.is_file():
+        aspects = (json.loads(path.read_text()).get("metrics") or {}).get("aspects")
+        if aspects:
+            return len(aspects)
+    n = sum(c.startswith(RAW_MARGIN_PREFIX) for c in scores.columns)
+    if n == 0:
+        raise ConfigError(f"scores_dir: {path} names no aspects (metrics.aspects) and the scores have no "
+                          f"{RAW_MARGIN_PREFIX}<aspect> columns; set num_aspects")
+    return n
+
+
+def load_pd(scores_dir: str, df, mode: str = "raw") -> tuple[np.ndarray, int]:
+    """(PD of every pair in row order, K) from ``scores_dir`` (scores.parquet + manifest.json)."""
     import pandas as pd
 
     path = Path(scores_dir) / SCORES_FILE
     if not path.is_file():
         raise ConfigError(f"scores_dir: {path} not found (loss_type 'dfpo' needs PD scores)")
     scores = pd.read_parquet(path)
-    for col in ("pair_id", "pd"):
+    needed = ["pair_id"] + (["pd"] if mode == "scaled" else [])
+    for col in needed:
         if col not in scores.columns:
             raise InputError(f"missing column {col!r}; found {list(scores.columns)}", file=str(path), field=col)
-    pd_by_id = scores.drop_duplicates("pair_id").set_index("pair_id")["pd"]
+    if mode == "raw" and not any(c.startswith(RAW_MARGIN_PREFIX) for c in scores.columns):
+        raise InputError(f"dfpo_pd 'raw' needs {RAW_MARGIN_PREFIX}<aspect> columns (the reward differences); "
+                         f"found {list(scores.columns)}", file=str(path), field=RAW_MARGIN_PREFIX + "<aspect>")
+    scores = scores.drop_duplicates("pair_id")
+    pd_by_id = pd.Series(dfpo_pd(scores, mode).to_numpy(dtype=np.float64), index=scores["pair_id"].to_numpy())
     values = pd_by_id.reindex(df["pair_id"]).to_numpy(dtype=np.float32)
     missing = np.isnan(values)
     if missing.any():
         first = df["pair_id"].iloc[int(np.argmax(missing))]
         raise InputError(f"{int(missing.sum())} of {len(df)} training pairs have no PD (first: {first})",
-                         file=str(path), field="pd")
-    return values
+                         file=str(path), field="pd" if mode == "scaled" else "pair_id")
+    return values, scores_num_aspects(scores_dir, scores)
 
 
 def disable_dropout(model) -> None:
@@ -240,8 +273,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     data_fingerprint = content_fingerprint(df)
     pd_values, num_aspects = None, None
     if config.loss_type == "dfpo":
-        pd_values = load_pd(config.scores_dir, df)
-        num_aspects = config.num_aspects or int(df["aspect"].nunique())
+        pd_values, scores_k = load_pd(config.scores_dir, df, config.dfpo_pd)
+        num_aspects = config.num_aspects or scores_k
 
     bf16 = config.bf16 if config.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=config.grad_accum,
