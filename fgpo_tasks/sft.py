@@ -286,8 +286,11 @@ def build_policy(name: str, recipe: SFTConfig, cache_root: str | Path) -> Path:
     with zoo.file_lock(Path(cache_root) / f".{out.name}.lock"):
         if not (out / "config.json").is_file():
             log.info("building %s once under %s (SFT, about a minute on a CPU)", name, out)
-            # the recipe is fixed: a fixed timestamp keeps the card (and so the folder) deterministic
-            run_sft(out, recipe, created_at="1970-01-01T00:00:00+00:00")
+            # the recipe is fixed: a fixed timestamp keeps the card (and so the folder) deterministic;
+            # the caller's torch RNG is the same whether or not it had to build
+            import torch
+            with torch.random.fork_rng(devices=[]):
+                run_sft(out, recipe, created_at="1970-01-01T00:00:00+00:00")
     return out
 
 

@@ -132,8 +132,9 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, **dims) -> Path:
         from transformers import AutoModel, AutoModelForCausalLM
 
         tok = byte_tokenizer()
-        torch.manual_seed(seed)
-        model = (AutoModelForCausalLM if kind == "tiny-llama" else AutoModel).from_config(config)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG is the same whether or not it built
+            torch.manual_seed(seed)
+            model = (AutoModelForCausalLM if kind == "tiny-llama" else AutoModel).from_config(config)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return build_once(out_dir, build)

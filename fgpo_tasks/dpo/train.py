@@ -116,6 +116,14 @@ def load_pd(scores_dir: str, df, mode: str = "raw") -> tuple[np.ndarray, int]:
     return values, scores_num_aspects(scores_dir, scores)
 
 
+def precision_key(ref_dtype: str, autocast_bf16: bool) -> str:
+    """The reference log-probs' precision, for their cache key: ``fp32`` / ``bf16`` (fp32 weights
+    without / with bf16 autocast, the keys of earlier versions), else ``<dtype>-weights[+bf16]``."""
+    if ref_dtype == "fp32":
+        return "bf16" if autocast_bf16 else "fp32"
+    return f"{ref_dtype}-weights" + ("+bf16" if autocast_bf16 else "")
+
+
 def disable_dropout(model) -> None:
     """Zero every dropout module, as TRL's disable_dropout_in_model does."""
     from torch import nn
@@ -225,8 +233,21 @@ def prepare_run_dir(accelerator, run_dir: Path, identity: dict) -> Path | None:
     return ckpt
 
 
+def merge_adapter(folder: Path, base_spec: str, dtype: str) -> None:
+    """Replace the LoRA adapter saved in ``folder`` by merged full weights: the base model loaded
+    on this process's CPU, the adapter put on it and merged (no sharded module is touched)."""
+    lm = models.load_policy(folder, dtype)
+    for name in ("adapter_model.safetensors", "adapter_model.bin", models.ADAPTER_CONFIG):
+        (folder / name).unlink(missing_ok=True)
+    lm.save_pretrained(folder)
+
+
 def save_model(accelerator, model, tokenizer, folder: Path, config: DPOConfig) -> dict:
-    """Weights + tokenizer into ``folder``; returns what was saved, for the model card."""
+    """Weights + tokenizer into ``folder``; returns what was saved, for the model card.
+
+    LoRA: merged into full weights unless lora_merge is false. Under FSDP / ZeRO-3 the adapter is
+    gathered first (a collective), saved, and merged on the main process from the saved adapter
+    and the base model's files, so a sharded module is never merged in place."""
     from accelerate.utils import DistributedType
 
     sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
@@ -239,11 +260,13 @@ def save_model(accelerator, model, tokenizer, folder: Path, config: DPOConfig) -
             lm.merge_and_unload().save_pretrained(folder)
             saved["format"] = "merged"
         elif config.lora_r:
-            if config.lora_merge:
-                log.warning("lora_merge under %s: saving the adapter alone (merge it on one device)",
-                            accelerator.distributed_type)
             lm.save_pretrained(folder, state_dict=state)
             saved.update(format="adapter", base_model=config.model)
+            if config.lora_merge:
+                (folder / MODEL_CARD).write_text(json.dumps({"weights": saved}))  # the base, for the loader
+                merge_adapter(folder, config.model, models.dtype_name(config.dtype))
+                (folder / MODEL_CARD).unlink()
+                saved = {"format": "merged", "lora": True, "merged_after_gather": True}
         else:
             lm.save_pretrained(folder, state_dict=state)
         tokenizer.save_pretrained(folder)
@@ -301,15 +324,17 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
 
     # -- 3. Reference log-probs: cache, else a separate reference model now, else the policy below -
+    policy_dtype = models.dtype_name(config.dtype)
+    ref_dtype = models.dtype_name(config.ref_dtype or config.dtype)
     cache_dir = Path(config.ref_cache_dir) if config.ref_cache_dir else refcache.default_dir()
     ref_key = refcache.cache_key(refcache.model_fingerprint(config.reference, cache_dir), tokens,
-                                 "bf16" if bf16 else "fp32")
+                                 precision_key(ref_dtype, bf16))
     cache_file = cache_dir / f"{ref_key}.npz"
     t_ref = time.perf_counter()
     ref = refcache.load(cache_file, tokens)
     ref_cache = "hit" if ref is not None else "miss"
-    if ref is None and config.reference != config.model:
-        ref_lm = models.load_causal_lm(config.reference).to(accelerator.device)
+    if ref is None and (config.reference != config.model or ref_dtype != policy_dtype):
+        ref_lm = models.load_causal_lm(config.reference, ref_dtype).to(accelerator.device)
         ref = refcache.compute(SequenceLogps(ref_lm, config.logps_chunk), tokens, accelerator,
                                config.ref_batch_size, tokenizer.pad_token_id)
         del ref_lm
@@ -319,7 +344,7 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     ref_seconds = time.perf_counter() - t_ref
 
     # -- 4. Policy, optimizer, schedule -----------------------------------------------------------
-    lm = models.load_causal_lm(config.model)
+    lm = models.load_causal_lm(config.model, policy_dtype)
     if config.disable_dropout:
         disable_dropout(lm)
     if config.gradient_checkpointing:
@@ -418,6 +443,7 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         "tokens_fingerprint": tokens.fingerprint(), "ref_logps_key": ref_key,
         "scores_fingerprint": (sha256_hex(*map(str, pd_values.tolist())) if pd_values is not None else None),
         "num_aspects": num_aspects, "num_processes": accelerator.num_processes, "bf16": bf16,
+        "dtype": policy_dtype, "ref_dtype": ref_dtype, "attention": models.attention(policy_dtype),
         "n_truncated": tokens.n_truncated, "metrics": last, **{k: result[k] for k in ("steps", "pairs")},
     }
     with atomic_dir(out) if is_main else _null_dir(out) as tmp:
