@@ -612,11 +612,11 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
                 f.unlink()
 
         sel_cost = _selection_cost(arm, pool) + select_seconds
-        gpu = result["device"] == "cuda"
+        # wall seconds on result["device"]; training_cuda_s: the GPU stream's seconds (CUDA events), else None
         result["cost"] = {"selection_s": round(sel_cost, 2), "training_s": round(train_seconds, 2),
-                          "total_s": round(sel_cost + train_seconds, 2),
-                          "selection_gpu_s": round(sel_cost, 2) if gpu else 0.0,
-                          "training_gpu_s": round(train_seconds, 2) if gpu else 0.0,
+                          "total_s": round(sel_cost + train_seconds, 2), "clock": "wall",
+                          "device": trained.get("device", result["device"]),
+                          "training_cuda_s": trained.get("train_cuda_s"),
                           "evaluation_s": round(eval_seconds, 2)}
         result["dpo_steps"] = trained.get("steps")
         result["evaluation"] = _eval_summary(step / "evaluation")

@@ -81,6 +81,9 @@ def test_bf16_weights_train_on_cpu_and_are_recorded(pairs_dir, tmp_path, created
     card = json.loads((tmp_path / "m" / MODEL_CARD).read_text())
     assert (card["dtype"], card["ref_dtype"], card["attention"]) == ("bf16", "fp32", "sdpa")
     assert np.isfinite(result["loss"]) and result["rewards/margins"] != 0.0
+    # seconds named for what they are: wall seconds on this device; no GPU, so no CUDA-event seconds
+    assert result["device"] == "cpu" and result["train_cuda_s"] is None and result["ref_cuda_s"] is None
+    assert result["train_seconds"] > 0 and "train_seconds" not in card  # the card is hashed: no timings
     saved = models.load_policy(tmp_path / "m", "bf16")
     assert next(saved.parameters()).dtype == torch.bfloat16
 

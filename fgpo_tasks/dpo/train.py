@@ -116,6 +116,43 @@ def load_pd(scores_dir: str, df, mode: str = "raw") -> tuple[np.ndarray, int]:
     return values, scores_num_aspects(scores_dir, scores)
 
 
+class DeviceClock:
+    """Wall seconds of a span, and on a CUDA device also the GPU stream's seconds between two CUDA
+    events recorded at its ends (``cuda_s``; None elsewhere): device time named for what it is."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = getattr(device, "type", str(device)) == "cuda"
+        self.wall_s, self.cuda_s = 0.0, (0.0 if self.cuda else None)
+        self._torch = torch
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        if self.cuda:
+            self._start = self._torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            end = self._torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            self.cuda_s += self._start.elapsed_time(end) / 1000.0
+        self.wall_s += time.perf_counter() - self._t0
+        return False
+
+
+def device_kind(device) -> str:
+    """``cpu`` or ``cuda:<GPU name>``: what the seconds of a run were spent on."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return getattr(device, "type", str(device))
+
+
 def precision_key(ref_dtype: str, autocast_bf16: bool) -> str:
     """The reference log-probs' precision, for their cache key: ``fp32`` / ``bf16`` (fp32 weights
     without / with bf16 autocast, the keys of earlier versions), else ``<dtype>-weights[+bf16]``."""
@@ -330,18 +367,18 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     ref_key = refcache.cache_key(refcache.model_fingerprint(config.reference, cache_dir), tokens,
                                  precision_key(ref_dtype, bf16))
     cache_file = cache_dir / f"{ref_key}.npz"
-    t_ref = time.perf_counter()
+    ref_clock = DeviceClock(accelerator.device)
     ref = refcache.load(cache_file, tokens)
     ref_cache = "hit" if ref is not None else "miss"
     if ref is None and (config.reference != config.model or ref_dtype != policy_dtype):
-        ref_lm = models.load_causal_lm(config.reference, ref_dtype).to(accelerator.device)
-        ref = refcache.compute(SequenceLogps(ref_lm, config.logps_chunk), tokens, accelerator,
-                               config.ref_batch_size, tokenizer.pad_token_id)
+        with ref_clock:
+            ref_lm = models.load_causal_lm(config.reference, ref_dtype).to(accelerator.device)
+            ref = refcache.compute(SequenceLogps(ref_lm, config.logps_chunk), tokens, accelerator,
+                                   config.ref_batch_size, tokenizer.pad_token_id)
         del ref_lm
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    ref_seconds = time.perf_counter() - t_ref
 
     # -- 4. Policy, optimizer, schedule -----------------------------------------------------------
     lm = models.load_causal_lm(config.model, policy_dtype)
@@ -364,9 +401,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     if ref is None:  # the reference is the policy's initial weights (LoRA's B = 0 leaves them unchanged)
-        t_ref = time.perf_counter()
-        ref = refcache.compute(model, tokens, accelerator, config.ref_batch_size, tokenizer.pad_token_id)
-        ref_seconds += time.perf_counter() - t_ref
+        with ref_clock:
+            ref = refcache.compute(model, tokens, accelerator, config.ref_batch_size, tokenizer.pad_token_id)
     if ref_cache == "miss" and is_main:
         refcache.save(cache_file, tokens, *ref)
     accelerator.wait_for_everyone()
@@ -392,7 +428,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     model.train()
     window = torch.zeros(len(STATS), device=accelerator.device)
     order, order_epoch, last = None, -1, {}
-    t_window, t_start = time.perf_counter(), time.perf_counter()
+    t_window = time.perf_counter()
+    train_clock = DeviceClock(accelerator.device).__enter__()
     bar = tqdm(total=total_steps, initial=start_step, desc="DPO", disable=not is_main)
     for step in range(start_step, total_steps):
         epoch, k = divmod(step, steps_per_epoch)
@@ -429,13 +466,16 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
             save_checkpoint(accelerator, run_dir, step + 1, config.keep_checkpoints)
     bar.close()
-    train_seconds = time.perf_counter() - t_start
+    train_clock.__exit__(None, None, None)
 
     # -- 6. Save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     result = {"out_dir": str(out), "steps": total_steps, "pairs": len(tokens), "step_pairs": step_pairs,
               "ref_cache": ref_cache, "resumed_from_step": start_step or None,
-              "ref_seconds": round(ref_seconds, 3), "train_seconds": round(train_seconds, 3),
+              # wall seconds (named so), and the GPU stream's seconds from CUDA events on a GPU (else None)
+              "ref_seconds": round(ref_clock.wall_s, 3), "train_seconds": round(train_clock.wall_s, 3),
+              "ref_cuda_s": _round(ref_clock.cuda_s), "train_cuda_s": _round(train_clock.cuda_s),
+              "device": device_kind(accelerator.device),
               **last}  # the last logged metrics, TRL's names
     card = {
         "kind": "fgpo.model", "stage": "train_dpo", "created_at": created_at, "code_version": code_version(),
@@ -444,7 +484,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         "scores_fingerprint": (sha256_hex(*map(str, pd_values.tolist())) if pd_values is not None else None),
         "num_aspects": num_aspects, "num_processes": accelerator.num_processes, "bf16": bf16,
         "dtype": policy_dtype, "ref_dtype": ref_dtype, "attention": models.attention(policy_dtype),
-        "n_truncated": tokens.n_truncated, "metrics": last, **{k: result[k] for k in ("steps", "pairs")},
+        "n_truncated": tokens.n_truncated, "metrics": last,
+        **{k: result[k] for k in ("steps", "pairs")},  # no timings: the card is part of the weights' hash
     }
     with atomic_dir(out) if is_main else _null_dir(out) as tmp:
         card["weights"] = save_model(accelerator, model, tokenizer, tmp, config)
@@ -457,6 +498,10 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.end_training()
     return result
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 class _null_dir:
