@@ -92,14 +92,22 @@ class SequenceLogps(nn.Module):
         self.chunk = chunk
         self.fused = fused  # False under FSDP / ZeRO-3, whose sharded head must be called as a module
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                response_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                response_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+                seq_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(R,) summed response log-probs: one per row of a padded batch (R, T), or with
+        ``seq_index`` one per sequence of a packed batch (1, N) (data.collate_packed)."""
         backbone = self.lm.get_decoder()
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (R, T, H)
         target = response_mask[:, 1:].bool()  # (R, T-1): position t predicts token t+1
+        if seq_index is not None:  # packed: t predicts t+1 only inside one sequence
+            target &= seq_index[:, 1:] == seq_index[:, :-1]
         logps = token_logps(hidden[:, :-1][target], self.lm.get_output_embeddings(),
                             input_ids[:, 1:][target], self.chunk, self.fused)  # (N,)
+        if seq_index is not None:
+            n_seqs = int(seq_index.max()) + 1
+            return logps.new_zeros(n_seqs).index_add_(0, seq_index[:, 1:][target], logps)
         # Back to (R, T-1) and a row sum: torch's pairwise sum, as accurate as fp32 allows.
         return logps.new_zeros(target.shape).masked_scatter(target, logps).sum(dim=1)
 

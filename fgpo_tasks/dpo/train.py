@@ -184,8 +184,9 @@ def forward_loss(model, batch: dict, config: DPOConfig, num_aspects: int | None)
     """Loss of one micro-batch (mean over its pairs) and the sums behind the logged metrics."""
     import torch
 
-    logps = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])  # (2B,)
-    n_tokens = batch["response_mask"].sum(dim=1)  # (2B,)
+    logps = model(batch["input_ids"], batch.get("attention_mask"), batch["response_mask"],
+                  position_ids=batch.get("position_ids"), seq_index=batch.get("seq_index"))  # (2B,)
+    n_tokens = batch["response_tokens"] if "response_tokens" in batch else batch["response_mask"].sum(dim=1)  # (2B,)
     chosen, rejected = logps.chunk(2)
     chosen_tokens, rejected_tokens = n_tokens.chunk(2)
     losses = preference_loss(config.loss_type, chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
@@ -439,7 +440,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         micro = []
         for idx in data.micro_batches(order[k], lengths, config.batch_size, accelerator.num_processes,
                                       accelerator.process_index):
-            batch = data.collate(tokens, idx, tokenizer.pad_token_id, ref, pd_values)
+            collate = data.collate_packed if config.packed else data.collate
+            batch = collate(tokens, idx, tokenizer.pad_token_id, ref, pd_values)
             micro.append({name: t.to(accelerator.device, non_blocking=True) for name, t in batch.items()})
         stats, grad_norm = accumulate_step(accelerator, model, optimizer, micro, config, num_aspects)
         scheduler.step()
