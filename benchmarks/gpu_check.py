@@ -10,8 +10,9 @@ responses 768 tokens), so no batch carries padding. Measured, in this order:
 
 1. bf16 matmul peak: torch.matmul of 8192 x 8192 bf16 matrices, timed with CUDA events;
 2. fgpo DPO (``run_train_dpo``: full fine-tune, bf16 weights and autocast, AdamW) tokens/s, pairs/s
-   and MFU against (1). Step times come from the trainer's per-step metrics callback; the first
-   steps (allocator, kernel selection) are excluded;
+   and MFU against (1), with padded and with packed (padding-free) batches. Step times come from
+   the trainer's per-step metrics callback; the first steps (allocator, kernel selection) are
+   excluded;
 3. TRL's DPOTrainer on the same model, batch and steps (when ``trl`` imports): pairs/s, MFU, and
    both trainers' loss on one batch of a perturbed policy in fp32 (must agree to 1e-4);
 4. reference log-probs/s (``refcache.compute``, bf16) and proxy scoring texts/s (evaluate's HF
@@ -171,7 +172,7 @@ def steady_rate(times: list[float], skip: int, per_step: float) -> float:
     return per_step * (len(times) - 1 - skip) / (times[-1] - times[skip])
 
 
-def run_ours(model_dir: Path, pairs_dir: Path, work: Path, size: dict) -> dict:
+def run_ours(model_dir: Path, pairs_dir: Path, work: Path, size: dict, packed: bool = False) -> dict:
     from accelerate.state import AcceleratorState
 
     from fgpo_tasks.dpo import DPOConfig, run_train_dpo
@@ -182,15 +183,16 @@ def run_ours(model_dir: Path, pairs_dir: Path, work: Path, size: dict) -> dict:
                     warmup_ratio=0.0, batch_size=size["batch"], max_steps=size["steps"], logging_steps=1,
                     checkpoint_every=0, max_length=size["prompt"] + size["response"] + 16,
                     max_prompt_length=size["prompt"] + 8, ref_batch_size=size["ref_batch"],
-                    ref_cache_dir=str(work / "refcache"))
+                    ref_cache_dir=str(work / "refcache"), packed=packed)
 
     def on_step(step, metrics):
         sync()
         times.append(time.perf_counter())
 
-    result = run_train_dpo(pairs_dir, work / "ours", cfg, CREATED_AT, metrics_callback=on_step)
+    out = work / ("ours-packed" if packed else "ours")
+    result = run_train_dpo(pairs_dir, out, cfg, CREATED_AT, metrics_callback=on_step)
     AcceleratorState._reset_state(True)
-    losses = [json.loads(line)["loss"] for line in (work / "ours" / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"times": times, "losses": losses, "train_seconds": result["train_seconds"],
             "train_cuda_s": result["train_cuda_s"], "device": result["device"]}
 
@@ -392,6 +394,14 @@ def main(argv: list[str] | None = None) -> int:
     figures["ours"] = {"pairs_s": pps, "tokens_s": pps * 2 * seq, "mfu": pps * flops_pair / peak}
     rows.append(["fgpo DPO (full fine-tune, bf16)", pps, pps * 2 * seq, 100 * figures["ours"]["mfu"]])
     print(f"fgpo DPO: {pps:.2f} pairs/s, MFU {100 * figures['ours']['mfu']:.1f}%", flush=True)
+    from fgpo_tasks import models
+    packed = run_ours(model_dir, pairs_dir, work, size, packed=True)
+    kps = steady_rate(packed["times"], size["skip"], size["batch"])
+    figures["ours_packed"] = {"pairs_s": kps, "tokens_s": kps * 2 * seq, "mfu": kps * flops_pair / peak,
+                              "attention": models.attention("bf16"),
+                              "max_loss_diff": max(abs(a - b) for a, b in zip(packed["losses"], ours["losses"]))}
+    rows.append([f"fgpo DPO, packed batches ({figures['ours_packed']['attention']})", kps, kps * 2 * seq,
+                 100 * figures["ours_packed"]["mfu"]])
 
     trl_ok = True
     try:
@@ -433,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"({'within' if loss['abs_diff'] <= 1e-4 else 'OUTSIDE'} 1e-4).")
     else:
         goals.append("TRL is not installed here: no comparison.")
+    goals.append(f"Packed vs padded losses per step: max |diff| {figures['ours_packed']['max_loss_diff']:.1e} "
+                 f"(these pairs carry no padding, so packing only changes the attention kernel's work).")
     lines += [" ".join(goals), "",
               f"Reference log-probs (bf16): {figures['ref_pairs_s']:.1f} pairs/s "
               f"({figures['ref_pairs_s'] * 2 * seq:,.0f} tokens/s). Proxy / judge scoring (sequence "

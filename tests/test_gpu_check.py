@@ -26,6 +26,7 @@ def test_gpu_check_smoke_runs_every_measurement(tmp_path):
     figures = json.loads((tmp_path / "work" / "gpu_check.json").read_text())
     assert figures["peak_flops"] > 0 and figures["ours"]["pairs_s"] > 0 and figures["ours"]["mfu"] > 0
     assert figures["ref_pairs_s"] > 0 and figures["proxy_texts_s"] > 0
+    assert figures["ours_packed"]["pairs_s"] > 0 and figures["ours_packed"]["max_loss_diff"] < 1e-2  # bf16
     try:
         import trl  # noqa: F401
     except ImportError:
