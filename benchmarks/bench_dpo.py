@@ -263,15 +263,17 @@ LM head scores all positions (prompt and padding included), recomputes the logit
 the backward, and folds entropy / top-1 / mean-logit statistics in elementwise passes over
 (tokens x 49,152): matrix products are {trl:.0f}% of its CPU time, the rest is exp, mul, sub, copy,
 fill over those tiles. Ours computes the reference log-probs once (cached on disk for the next run),
-runs the LM head only at response positions, and uses a custom autograd function that keeps
-exp(logits - max) from the forward and moves the softmax's normalisation onto the (tokens x hidden)
-side of the two backward matmuls, so no elementwise pass over the logits happens in the backward:
-{ours:.0f}% of our time is matrix products, most of them the head's three GEMMs over response tokens
-(at hidden 256 the 49,152-way head holds ~3/4 of a token's FLOPs). What would close the rest: bf16
-autocast (`bf16: true`; this CPU's bf16 GEMM peak is ~2.3x fp32), not running the backbone on the
-padding of the shorter response of each pair (packing with variable-length attention, FlashAttention
-on a GPU), one prompt forward shared by chosen and rejected (prompts are ~25% of these tokens), and
-on a GPU larger batches for fuller GEMMs."""
+runs the LM head only at response positions, and uses a custom autograd function that saves only
+each token's logsumexp for the backward and there recomputes one `logps_chunk` of logits at a time
+(so memory is bounded by the chunk, tests/test_dpo_memory.py), turning them into the softmax in
+place and moving its normalisation onto the (tokens x hidden) side of the two gradient matmuls:
+{ours:.0f}% of our time is matrix products, most of them the head's four GEMMs over response tokens
+(forward, recompute, two gradients; at hidden 256 the 49,152-way head holds ~3/4 of a token's
+FLOPs). What would close the rest: bf16 (`dtype: bf16`, or `bf16: true` autocast; this CPU's bf16
+GEMM peak is ~2.3x fp32), padding-free batches (`packed: true`: no backbone work on the padding of
+the shorter response of each pair; efficient with FlashAttention 2 on a GPU, a block-diagonal mask
+with SDPA elsewhere), one prompt forward shared by chosen and rejected (prompts are ~25% of these
+tokens), and on a GPU larger batches for fuller GEMMs."""
 
 
 def report(args, results, n_params: int, n_tokens: int) -> None:

@@ -95,6 +95,9 @@ class EvalConfig:
     use_chat_template: bool = field(default=True, metadata={
         "help": "wrap prompts in the tokenizer's chat template when it has one"})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda when available), 'cpu', 'cuda'"})
+    dtype: str = field(default="auto", metadata={
+        "help": "dtype of the policies (generation) and of the HF judges: auto (bf16 on a CUDA GPU that "
+                "has it, else fp32) | fp32 | bf16 | fp16"})
     score_batch_size: int = field(default=8, metadata={"help": "responses per reward-model batch"})
     score_max_length: int = field(default=1024, metadata={
         "help": "HF reward models: prompt+response tokens kept (longer inputs are truncated)"})
@@ -331,9 +334,27 @@ def _generation_key(model_dir: str | Path, prompts: list[dict], config: EvalConf
 
     settings = {k: getattr(config, k) for k in ("decoding", "temperature", "top_p", "max_new_tokens",
                                                  "max_prompt_tokens", "batch_size", "seed", "use_chat_template")}
-    return sha256_hex(GENERATION_CACHE_VERSION, model_fingerprint(model_dir),
+    return sha256_hex(GENERATION_CACHE_VERSION, _policy_fingerprint(model_dir),
                       stable_json([_key(p) for p in prompts]), stable_json(settings), _device(config),
-                      torch.__version__, transformers.__version__)
+                      torch.__version__, transformers.__version__, _dtype(config))
+
+
+def _dtype(config: EvalConfig) -> str:
+    """The dtype policies and HF judges load in on this machine (``auto`` resolved: cpu means fp32)."""
+    from fgpo_tasks.models import dtype_name
+
+    return "fp32" if _device(config) == "cpu" and config.dtype == "auto" else dtype_name(config.dtype)
+
+
+def _policy_fingerprint(model_dir: str | Path) -> str:
+    """The policy's weights: its folder, and for a LoRA adapter alone also its base model's folder."""
+    from fgpo_tasks.models import adapter_base, check_policy_dir, pretrained_path
+
+    own = model_fingerprint(model_dir)
+    if check_policy_dir(model_dir) == "full":
+        return own
+    base = pretrained_path(adapter_base(model_dir))
+    return sha256_hex(own, model_fingerprint(base) if Path(base).exists() else base)
 
 
 def cached_responses(model_dir: str | Path, prompts: list[dict], config: EvalConfig, desc: str = "generate",
@@ -360,17 +381,18 @@ def generate_responses(model_dir: str | Path, prompts: list[dict], config: EvalC
     """Responses of the causal LM in ``model_dir`` to ``prompts``: batched, left-padded, seeded."""
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
-    if not (Path(model_dir) / "config.json").is_file():
-        raise FgpoError(f"{model_dir}: not a model folder (no config.json)")
+    from fgpo_tasks.models import check_policy_dir, load_policy
+
+    check_policy_dir(model_dir)  # full weights, or a LoRA adapter on its base model
     device = _device(config)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # decoder-only generation continues from the right edge
     tok.truncation_side = "left"  # a long prompt keeps its end, where the question is
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    model = load_policy(model_dir, _dtype(config)).to(device).eval()
     gen = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=config.decoding == "sample",
                            temperature=config.temperature if config.decoding == "sample" else None,
                            top_p=config.top_p if config.decoding == "sample" else None,
@@ -412,7 +434,7 @@ def _hf_scorer(spec: str, config: EvalConfig) -> Scorer:
 
     device = _device(config)
     tok = load_tokenizer(spec)
-    model = load_sequence_classifier(spec).to(device).eval()
+    model = load_sequence_classifier(spec, dtype=_dtype(config)).to(device).eval()
 
     def text(p: str, r: str) -> str:
         if getattr(tok, "chat_template", None):

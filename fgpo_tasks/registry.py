@@ -135,7 +135,8 @@ def _log_policy(tracker: Tracker, run_id: str, model_dir: Path, config: Register
 
     from mlflow.models import infer_signature
 
-    pipe = pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+    from fgpo_tasks.models import load_policy  # full weights, or a LoRA adapter merged on its base
+    pipe = pipeline("text-generation", model=load_policy(model_dir), tokenizer=str(model_dir), device="cpu")
     # Text in, text out; decoding settable per call: predict(..., params={"max_new_tokens": 64}).
     signature = infer_signature(["a prompt"], ["a response"], params={
         "max_new_tokens": 128, "do_sample": False, "temperature": 1.0, "top_p": 1.0})
@@ -214,8 +215,8 @@ def register_candidate(model_dir: str | Path, eval_results: dict | str | Path, *
     from fgpo_tasks.evaluate import model_fingerprint, read_model_info, read_results
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FgpoError(f"{model_dir}: not a model folder (no config.json)")
+    from fgpo_tasks.models import check_policy_dir
+    check_policy_dir(model_dir)  # a model folder: full weights or a LoRA adapter alone
     config = config or RegisterConfig(model_name=model_name)
     gate = gate or config.gate()
     _check_key(model_name, "model name")

@@ -23,8 +23,6 @@ data (seed 0) and the evaluation prompts (seed 20240501) do not use.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import time
@@ -34,11 +32,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fgpo_tasks import jsonio
+from fgpo_tasks import jsonio, models, zoo
 from fgpo_tasks.config import check, from_dict, to_dict
 from fgpo_tasks.errors import InputError
 from fgpo_tasks.provenance import code_version, sha256_hex, stable_json
 from fgpo_tasks.storage import atomic_dir
+from fgpo_tasks.zoo import train_bpe_tokenizer  # noqa: F401  (moved to the zoo; importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -160,27 +159,6 @@ def _pairs(config: SFTConfig, data_dir: str | Path | None):
     return df, {"synthetic": to_dict(syn)}
 
 
-def train_bpe_tokenizer(texts: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained on ``texts`` (deterministic for the same texts), with the
-    byte tokenizer's special tokens (pad 0, bos 1, eos 2) and chat template: any text still
-    encodes (the 256 bytes are in the vocabulary) and decodes back exactly."""
-    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from fgpo_tasks.models import BYTE_CHAT_TEMPLATE
-
-    tok = Tokenizer(tmodels.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|pad|>", "<|bos|>", "<|end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", bos_token="<|bos|>",
-                                   eos_token="<|end|>")
-    fast.chat_template = BYTE_CHAT_TEMPLATE
-    return fast
-
-
 def _conversation_texts(df, tok, responses: str) -> list[str]:
     """Every SFT example as the text the model will see (chat template applied)."""
     from fgpo_tasks.dpo.data import _conversation
@@ -196,16 +174,14 @@ def _conversation_texts(df, tok, responses: str) -> list[str]:
 def _load_model(config: SFTConfig, df):
     import torch
 
-    from fgpo_tasks import models
-
     if config.tiny_dims:
         from transformers import AutoModelForCausalLM
 
-        tok = models.byte_tokenizer()
+        tok = zoo.byte_tokenizer()
         if config.bpe_vocab:
-            tok = train_bpe_tokenizer(_conversation_texts(df, tok, config.responses), config.bpe_vocab)
+            tok = zoo.train_bpe_tokenizer(_conversation_texts(df, tok, config.responses), config.bpe_vocab)
         torch.manual_seed(config.seed)
-        lm = AutoModelForCausalLM.from_config(models.tiny_config("tiny-llama", len(tok), **config.tiny_dims))
+        lm = AutoModelForCausalLM.from_config(zoo.tiny_config("tiny-llama", len(tok), **config.tiny_dims))
         tok.padding_side = "right"
         return lm, tok
     return models.load_causal_lm(config.model), models.load_tokenizer(config.model)
@@ -299,26 +275,27 @@ def recipe_key(config: SFTConfig) -> str:
     return sha256_hex("sft-recipe-v1", stable_json(to_dict(config)))[:12]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # parallel tasks wait for the one building
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_policy(name: str, recipe: SFTConfig, cache_root: str | Path) -> Path:
-    """``<cache_root>/<name>-<recipe key>``: the recipe's SFT model, built once (file-locked), so
-    every process asking for the spec gets the same folder and the same weights."""
+    """``<cache_root>/<name>-<recipe key>``: the recipe's SFT model, built once (file-locked; run_sft
+    writes into a unique temporary folder renamed into place), so every process asking for the
+    spec gets the same folder and the same weights."""
     out = Path(cache_root) / f"{name}-{recipe_key(recipe)}"
     if (out / "config.json").is_file():
         return out
-    with _file_lock(Path(cache_root) / f".{out.name}.lock"):
+    with zoo.file_lock(Path(cache_root) / f".{out.name}.lock"):
         if not (out / "config.json").is_file():
             log.info("building %s once under %s (SFT, about a minute on a CPU)", name, out)
-            # the recipe is fixed: a fixed timestamp keeps the card (and so the folder) deterministic
-            run_sft(out, recipe, created_at="1970-01-01T00:00:00+00:00")
+            # the recipe is fixed: a fixed timestamp keeps the card (and so the folder) deterministic;
+            # the caller's torch RNG is the same whether or not it had to build
+            import torch
+            with torch.random.fork_rng(devices=[]):
+                run_sft(out, recipe, created_at="1970-01-01T00:00:00+00:00")
     return out
+
+
+TOY_RECIPES = {"tiny-llama-toy": "TOY_POLICY"}  # spec -> the recipe's name in this module
+
+
+def build_toy_policy(spec: str, cache_root: str | Path) -> Path:
+    """The zoo's entry point for the toy policy specs (fgpo_tasks.zoo.TOY_POLICIES)."""
+    return build_policy(spec, globals()[TOY_RECIPES[spec]], cache_root)

@@ -141,10 +141,14 @@ def test_dfpo_reads_pd_and_fails_on_a_missing_pair(pairs_dir, tmp_path, created_
     scores = tmp_path / "scores"
     scores.mkdir()
     pd.DataFrame({"pair_id": df["pair_id"], "pd": np.linspace(-2, 2, len(df))}).to_parquet(scores / "scores.parquet")
-    cfg = DPOConfig(**FAST, max_steps=2, loss_type="dfpo", scores_dir=str(scores))
+    (scores / "manifest.json").write_text(json.dumps({"metrics": {"aspects": ["a", "b", "c", "d", "e"]}}))
+    cfg = DPOConfig(**FAST, max_steps=2, loss_type="dfpo", scores_dir=str(scores), dfpo_pd="scaled")
     result = run_train_dpo(pairs_dir, tmp_path / "model", cfg, created_at)
     card = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
-    assert card["num_aspects"] == df["aspect"].nunique() == 4 and np.isfinite(result["loss"])
+    assert card["num_aspects"] == 5 and np.isfinite(result["loss"])  # K: the manifest's reward models
+    with pytest.raises(InputError, match="raw_margin_"):  # raw PD needs the reward differences
+        run_train_dpo(pairs_dir, tmp_path / "model2", DPOConfig(**FAST, max_steps=2, loss_type="dfpo",
+                                                                 scores_dir=str(scores)), created_at)
     pd.DataFrame({"pair_id": df["pair_id"][1:], "pd": 0.0}).to_parquet(scores / "scores.parquet")
     with pytest.raises(InputError, match="1 of 24 training pairs have no PD"):
         run_train_dpo(pairs_dir, tmp_path / "model2", cfg, created_at)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fgpo_tasks.config import check
 LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "dfpo")
+DFPO_PD = ("raw", "scaled")
 SCHEDULERS = ("cosine", "linear", "constant")
 
 
@@ -26,9 +27,15 @@ class DPOConfig:
     sft_weight: float = field(default=0.0, metadata={
         "help": "weight of an NLL term on the chosen response (per-token mean, RPO); 0 = off"})
     scores_dir: str | None = field(default=None, metadata={
-        "help": "dfpo: folder with scores.parquet (columns pair_id, pd) covering every training pair"})
+        "help": "dfpo: the score stage's folder (scores.parquet with pair_id, raw_margin_<aspect>, pd; "
+                "manifest.json) covering every training pair"})
+    dfpo_pd: str = field(default="raw", metadata={
+        "help": "dfpo: the PD inside the loss. raw: - sum over the other aspects of the raw reward "
+                "differences r_k'(x,y_w) - r_k'(x,y_l) (METHOD.md's DFPO loss); scaled: the selection "
+                "PD (quantile-scaled, clipped margins; column pd)"})
     num_aspects: int | None = field(default=None, metadata={
-        "help": "dfpo: K in -log sigmoid(K*M + PD); default: number of distinct aspects in the data"})
+        "help": "dfpo: K in -log sigmoid(K*M + PD); default: the number of reward models (aspects) "
+                "in the scores manifest"})
 
     # Data
     max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + response"})
@@ -62,7 +69,17 @@ class DPOConfig:
 
     # Hardware and precision
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    dtype: str = field(default="auto", metadata={
+        "help": "dtype the policy's weights are loaded and trained in: auto (bf16 on a CUDA GPU that has "
+                "it, else fp32) | fp32 | bf16. bf16 halves weights, gradients and AdamW states; fp32 with "
+                "bf16: true is mixed precision (fp32 master weights, bf16 matmuls)"})
+    ref_dtype: str | None = field(default=None, metadata={
+        "help": "dtype of the reference model: auto | fp32 | bf16 | fp16; default: the policy's dtype"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a CUDA GPU has it"})
+    packed: bool = field(default=False, metadata={
+        "help": "padding-free batches: a micro-batch's sequences concatenated into one row, positions "
+                "restarting per sequence, attention kept within each (FlashAttention 2's varlen kernel "
+                "on GPUs, a block-diagonal mask with SDPA elsewhere)"})
     disable_dropout: bool = field(default=True, metadata={
         "help": "zero the model's own dropout (as TRL does); LoRA dropout is kept"})
     logps_chunk: int = field(default=4096, metadata={"help": "response tokens per LM-head call (memory bound)"})
@@ -91,6 +108,7 @@ class DPOConfig:
         check(self.sft_weight >= 0, f"sft_weight must be >= 0, got {self.sft_weight}")
         check(self.loss_type != "dfpo" or bool(self.scores_dir),
               "scores_dir is required when loss_type is 'dfpo' (a folder with scores.parquet: pair_id, pd)")
+        check(self.dfpo_pd in DFPO_PD, f"dfpo_pd: unknown {self.dfpo_pd!r}; expected one of {list(DFPO_PD)}")
         check(self.num_aspects is None or self.num_aspects >= 1, f"num_aspects must be >= 1, got {self.num_aspects}")
         check(bool(self.model), "model must name a model spec, got an empty string")
         check(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}")
@@ -111,6 +129,11 @@ class DPOConfig:
         check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         check(self.lora_r == 0 or len(self.lora_target_modules) > 0,
               "lora_target_modules must name at least one module when lora_r > 0")
+        check(self.dtype in ("auto", "fp32", "bf16"),
+              f"dtype: {self.dtype!r} cannot be trained; expected auto, fp32 or bf16 (fp16 weights need "
+              f"loss scaling AdamW does not do; fp16 is for ref_dtype)")
+        check(self.ref_dtype in (None, "auto", "fp32", "bf16", "fp16"),
+              f"ref_dtype: unknown {self.ref_dtype!r}; expected auto, fp32, bf16 or fp16")
         check(self.logps_chunk >= 1, f"logps_chunk must be >= 1, got {self.logps_chunk}")
         check(self.ref_batch_size >= 1, f"ref_batch_size must be >= 1, got {self.ref_batch_size}")
         check(self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}")

@@ -186,3 +186,29 @@ def collate(tokens: PairTokens, idx, pad_id: int, ref: tuple[np.ndarray, np.ndar
     if pd_values is not None:
         batch["pd"] = torch.from_numpy(pd_values[idx])
     return batch
+
+
+def collate_packed(tokens: PairTokens, idx, pad_id: int, ref: tuple[np.ndarray, np.ndarray] | None = None,
+                   pd_values: np.ndarray | None = None) -> dict:
+    """A padding-free batch: the 2B sequences of ``collate`` (chosen rows, then rejected rows)
+    concatenated into ONE row of input_ids (1, N), with position_ids (1, N) restarting at 0 at each
+    sequence (so the model keeps attention within a sequence: FlashAttention 2's varlen kernel,
+    or a block-diagonal causal mask with SDPA / eager; transformers builds either from the
+    position_ids when no attention_mask is given), response_mask (1, N), seq_index (1, N) naming
+    each token's sequence, and response_tokens (2B,). No token is padding."""
+    import torch
+
+    seqs = [tokens.prompt[i] + tokens.chosen[i] for i in idx] + [tokens.prompt[i] + tokens.rejected[i] for i in idx]
+    resp_start = [len(tokens.prompt[i]) for i in idx] * 2
+    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)[None]
+    positions = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+    seq_index = torch.cat([torch.full((len(s),), j) for j, s in enumerate(seqs)])[None]
+    response = (positions >= torch.tensor(resp_start)[seq_index]).long()
+    batch = {"input_ids": ids, "position_ids": positions, "response_mask": response, "seq_index": seq_index,
+             "response_tokens": torch.tensor([len(s) - st for s, st in zip(seqs, resp_start)])}
+    if ref is not None:
+        batch["ref_chosen"] = torch.from_numpy(ref[0][idx])
+        batch["ref_rejected"] = torch.from_numpy(ref[1][idx])
+    if pd_values is not None:
+        batch["pd"] = torch.from_numpy(pd_values[idx])
+    return batch

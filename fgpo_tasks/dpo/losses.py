@@ -10,37 +10,46 @@ from fgpo_tasks.dpo.config import LOSS_TYPES
 
 
 class _HeadLogProbs(torch.autograd.Function):
-    """log softmax(hidden @ weight.T)[labels] with a backward that never touches the (N, V) logits
-    elementwise: the forward keeps e = exp(logits - max) and s = sum(e); in the backward the
-    softmax's 1/s and the incoming gradient scale the (N, H) side of the two matmuls instead.
-    Four elementwise passes over (N, V) in all, where autograd's log_softmax + gather take ~10."""
+    """log softmax(hidden @ weight.T)[labels] for one chunk of rows, saving only what is (N, H) or
+    (N,) for the backward: the forward keeps the logsumexp per row, the backward recomputes the
+    chunk's (N, V) logits from ``hidden`` (the matmul in the forward's dtype) and turns them into
+    the softmax in place. So memory held between forward and backward grows with the response
+    tokens times the hidden size, never with the vocabulary: one (chunk, V) fp32 block is alive at
+    a time, in the forward and again in the backward (tests/test_dpo_memory.py). The gradient
+    scales the (N, H) side of the two matmuls (softmax's 1/s folded into exp(logits - lse))."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels):
-        logits = hidden @ weight.t()  # (N, V)
-        logits = logits.float() if logits.element_size() < 4 else logits  # bf16 under autocast: fp32 softmax
+        logits = hidden @ weight.t()  # (N, V); bf16 under autocast
+        ctx.mm_dtype = logits.dtype
+        logits = logits.float()  # fp32 softmax
         picked = logits.gather(-1, labels[:, None])[:, 0]
-        peak = logits.amax(dim=-1, keepdim=True)
-        e = logits.sub_(peak).exp_()  # in place: (N, V) exp(logits - max), each in (0, 1]
-        total = e.sum(dim=-1)
-        ctx.save_for_backward(hidden, weight, labels, e, total)
-        return picked - peak[:, 0] - total.log()
+        lse = torch.logsumexp(logits, dim=-1)
+        del logits
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        return picked - lse
 
     @staticmethod
     def backward(ctx, grad):
-        # d logp_i / d logits_i = onehot(label_i) - e_i / s_i
-        hidden, weight, labels, e, total = ctx.saved_tensors
-        g = grad.to(e.dtype)
-        scale = (-g / total)[:, None]  # (N, 1): the softmax's 1/s and the incoming gradient
+        # d logp_i / d logits_i = onehot(label_i) - softmax_i, softmax_i = exp(logits_i - lse_i)
+        hidden, weight, labels, lse = ctx.saved_tensors
+        dt = ctx.mm_dtype
+        h, w = hidden.to(dt), weight.to(dt)
+        g = grad.float()
+        p = (h @ w.t()).float().sub_(lse[:, None]).exp_().mul_(-g[:, None])  # (N, V): -g * softmax
+        p = p.to(dt)
+        gh = g[:, None].to(dt)
         grad_hidden = grad_weight = None
         if ctx.needs_input_grad[0]:
-            w = weight.to(e.dtype)
-            grad_hidden = scale * (e @ w) + g[:, None] * w[labels]
-            grad_hidden = grad_hidden.to(hidden.dtype)
+            grad_hidden = (p @ w + gh * w[labels]).to(hidden.dtype)
         if ctx.needs_input_grad[1]:
-            h = hidden.to(e.dtype)
-            grad_weight = (e.t() @ (scale * h)).index_add_(0, labels, g[:, None] * h).to(weight.dtype)
+            grad_weight = (p.t() @ h).index_add_(0, labels, gh * h).to(weight.dtype)
         return grad_hidden, grad_weight, None
+
+
+def _module_logps(lm_head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(h).float()  # (n, V)
+    return logits.gather(-1, y[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
 def token_logps(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, chunk: int,
@@ -48,19 +57,24 @@ def token_logps(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, 
     """log p(label) for each row of ``hidden`` (N, H), the LM head applied ``chunk`` rows at a time.
 
     Naive equivalent: ``torch.log_softmax(lm_head(hidden).float(), -1).gather(-1, labels[:, None])[:, 0]``;
-    chunking bounds the (chunk, vocab) logits alive at once. ``fused`` runs _HeadLogProbs on the
-    head's weight (a bias-free linear head); otherwise the head module itself is called, which
-    FSDP and ZeRO-3 need to gather a sharded head.
+    chunking bounds the (chunk, vocab) logits alive at once, in the forward and in the backward
+    (nothing vocabulary-sized is kept for the backward). ``fused`` runs _HeadLogProbs on the head's
+    weight (a bias-free linear head); otherwise the head module itself is called, which FSDP and
+    ZeRO-3 need to gather a sharded head, under activation checkpointing per chunk (the backward
+    calls the head again) so that its logits are not kept either.
     """
+    from torch.utils.checkpoint import checkpoint
+
     fused = fused and getattr(lm_head, "bias", None) is None and isinstance(lm_head, nn.Linear)
     out = []
     for start in range(0, hidden.size(0), chunk):
         h, y = hidden[start:start + chunk], labels[start:start + chunk]
         if fused:
             out.append(_HeadLogProbs.apply(h, lm_head.weight, y))
+        elif torch.is_grad_enabled():
+            out.append(checkpoint(_module_logps, lm_head, h, y, use_reentrant=False))
         else:
-            logits = lm_head(h).float()  # (n, V)
-            out.append(logits.gather(-1, y[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+            out.append(_module_logps(lm_head, h, y))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
@@ -78,14 +92,22 @@ class SequenceLogps(nn.Module):
         self.chunk = chunk
         self.fused = fused  # False under FSDP / ZeRO-3, whose sharded head must be called as a module
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                response_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                response_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+                seq_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(R,) summed response log-probs: one per row of a padded batch (R, T), or with
+        ``seq_index`` one per sequence of a packed batch (1, N) (data.collate_packed)."""
         backbone = self.lm.get_decoder()
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (R, T, H)
         target = response_mask[:, 1:].bool()  # (R, T-1): position t predicts token t+1
+        if seq_index is not None:  # packed: t predicts t+1 only inside one sequence
+            target &= seq_index[:, 1:] == seq_index[:, :-1]
         logps = token_logps(hidden[:, :-1][target], self.lm.get_output_embeddings(),
                             input_ids[:, 1:][target], self.chunk, self.fused)  # (N,)
+        if seq_index is not None:
+            n_seqs = int(seq_index.max()) + 1
+            return logps.new_zeros(n_seqs).index_add_(0, seq_index[:, 1:][target], logps)
         # Back to (R, T-1) and a row sum: torch's pairwise sum, as accurate as fp32 allows.
         return logps.new_zeros(target.shape).masked_scatter(target, logps).sum(dim=1)
 
@@ -119,8 +141,11 @@ def preference_loss(loss_type: str, chosen: torch.Tensor, rejected: torch.Tensor
 
     elif loss_type == "dfpo":
         # DFPO, Zhang et al. 2025 (https://arxiv.org/abs/2508.07638): -log sigmoid(K * M + PD) with
-        # M = beta * delta, the DPO margin (see METHOD.md). PD > 0 (other aspects prefer the rejected
-        # response) demands a larger margin.
+        # M = beta * delta, the DPO margin, and PD = - sum_{k' != k} [r_k'(x, y_w) - r_k'(x, y_l)]
+        # (METHOD.md). PD is added to the argument: PD > 0 (the other aspects prefer the rejected
+        # response) lowers the loss and its gradient, so a conflicting pair is satisfied with a
+        # smaller margin and pushes the policy less; PD < 0 (the other aspects agree with the label)
+        # raises them, so the policy must widen the margin further.
         losses = -F.logsigmoid(num_aspects * beta * delta + pd)
 
     else:

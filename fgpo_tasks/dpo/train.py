@@ -63,25 +63,103 @@ def check_model_spec(field: str, spec: str) -> None:
         raise ConfigError(f"{field}: {e}") from None
 
 
-def load_pd(scores_dir: str, df) -> np.ndarray:
-    """PD of every pair, in row order, from ``scores_dir/scores.parquet`` (columns pair_id, pd)."""
+RAW_MARGIN_PREFIX = "raw_margin_"
+
+
+def dfpo_pd(scores, mode: str) -> "pd.Series":
+    """PD per pair_id for the DFPO loss. ``raw``: - sum over the other aspects of the raw reward
+    differences (columns raw_margin_<aspect>, null on the pair's own aspect and where a reward model
+    may not score the pair), METHOD.md's PD(z); ``scaled``: the selection PD (column pd)."""
+    if mode == "scaled":
+        return scores["pd"]
+    cols = [c for c in scores.columns if c.startswith(RAW_MARGIN_PREFIX)]
+    return -scores[cols].sum(axis=1, skipna=True, min_count=0)
+
+
+def scores_num_aspects(scores_dir: str, scores) -> int:
+    """K of the DFPO loss: the number of reward models (aspects) the scores were made with, from the
+    scores manifest (metrics.aspects), else the number of raw_margin_<aspect> columns."""
+    path = Path(scores_dir) / "manifest.json"
+    if path.is_file():
+        aspects = (json.loads(path.read_text()).get("metrics") or {}).get("aspects")
+        if aspects:
+            return len(aspects)
+    n = sum(c.startswith(RAW_MARGIN_PREFIX) for c in scores.columns)
+    if n == 0:
+        raise ConfigError(f"scores_dir: {path} names no aspects (metrics.aspects) and the scores have no "
+                          f"{RAW_MARGIN_PREFIX}<aspect> columns; set num_aspects")
+    return n
+
+
+def load_pd(scores_dir: str, df, mode: str = "raw") -> tuple[np.ndarray, int]:
+    """(PD of every pair in row order, K) from ``scores_dir`` (scores.parquet + manifest.json)."""
     import pandas as pd
 
     path = Path(scores_dir) / SCORES_FILE
     if not path.is_file():
         raise ConfigError(f"scores_dir: {path} not found (loss_type 'dfpo' needs PD scores)")
     scores = pd.read_parquet(path)
-    for col in ("pair_id", "pd"):
+    needed = ["pair_id"] + (["pd"] if mode == "scaled" else [])
+    for col in needed:
         if col not in scores.columns:
             raise InputError(f"missing column {col!r}; found {list(scores.columns)}", file=str(path), field=col)
-    pd_by_id = scores.drop_duplicates("pair_id").set_index("pair_id")["pd"]
+    if mode == "raw" and not any(c.startswith(RAW_MARGIN_PREFIX) for c in scores.columns):
+        raise InputError(f"dfpo_pd 'raw' needs {RAW_MARGIN_PREFIX}<aspect> columns (the reward differences); "
+                         f"found {list(scores.columns)}", file=str(path), field=RAW_MARGIN_PREFIX + "<aspect>")
+    scores = scores.drop_duplicates("pair_id")
+    pd_by_id = pd.Series(dfpo_pd(scores, mode).to_numpy(dtype=np.float64), index=scores["pair_id"].to_numpy())
     values = pd_by_id.reindex(df["pair_id"]).to_numpy(dtype=np.float32)
     missing = np.isnan(values)
     if missing.any():
         first = df["pair_id"].iloc[int(np.argmax(missing))]
         raise InputError(f"{int(missing.sum())} of {len(df)} training pairs have no PD (first: {first})",
-                         file=str(path), field="pd")
-    return values
+                         file=str(path), field="pd" if mode == "scaled" else "pair_id")
+    return values, scores_num_aspects(scores_dir, scores)
+
+
+class DeviceClock:
+    """Wall seconds of a span, and on a CUDA device also the GPU stream's seconds between two CUDA
+    events recorded at its ends (``cuda_s``; None elsewhere): device time named for what it is."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = getattr(device, "type", str(device)) == "cuda"
+        self.wall_s, self.cuda_s = 0.0, (0.0 if self.cuda else None)
+        self._torch = torch
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        if self.cuda:
+            self._start = self._torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            end = self._torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            self.cuda_s += self._start.elapsed_time(end) / 1000.0
+        self.wall_s += time.perf_counter() - self._t0
+        return False
+
+
+def device_kind(device) -> str:
+    """``cpu`` or ``cuda:<GPU name>``: what the seconds of a run were spent on."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return getattr(device, "type", str(device))
+
+
+def precision_key(ref_dtype: str, autocast_bf16: bool) -> str:
+    """The reference log-probs' precision, for their cache key: ``fp32`` / ``bf16`` (fp32 weights
+    without / with bf16 autocast, the keys of earlier versions), else ``<dtype>-weights[+bf16]``."""
+    if ref_dtype == "fp32":
+        return "bf16" if autocast_bf16 else "fp32"
+    return f"{ref_dtype}-weights" + ("+bf16" if autocast_bf16 else "")
 
 
 def disable_dropout(model) -> None:
@@ -107,8 +185,9 @@ def forward_loss(model, batch: dict, config: DPOConfig, num_aspects: int | None)
     """Loss of one micro-batch (mean over its pairs) and the sums behind the logged metrics."""
     import torch
 
-    logps = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])  # (2B,)
-    n_tokens = batch["response_mask"].sum(dim=1)  # (2B,)
+    logps = model(batch["input_ids"], batch.get("attention_mask"), batch["response_mask"],
+                  position_ids=batch.get("position_ids"), seq_index=batch.get("seq_index"))  # (2B,)
+    n_tokens = batch["response_tokens"] if "response_tokens" in batch else batch["response_mask"].sum(dim=1)  # (2B,)
     chosen, rejected = logps.chunk(2)
     chosen_tokens, rejected_tokens = n_tokens.chunk(2)
     losses = preference_loss(config.loss_type, chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
@@ -193,8 +272,21 @@ def prepare_run_dir(accelerator, run_dir: Path, identity: dict) -> Path | None:
     return ckpt
 
 
+def merge_adapter(folder: Path, base_spec: str, dtype: str) -> None:
+    """Replace the LoRA adapter saved in ``folder`` by merged full weights: the base model loaded
+    on this process's CPU, the adapter put on it and merged (no sharded module is touched)."""
+    lm = models.load_policy(folder, dtype)
+    for name in ("adapter_model.safetensors", "adapter_model.bin", models.ADAPTER_CONFIG):
+        (folder / name).unlink(missing_ok=True)
+    lm.save_pretrained(folder)
+
+
 def save_model(accelerator, model, tokenizer, folder: Path, config: DPOConfig) -> dict:
-    """Weights + tokenizer into ``folder``; returns what was saved, for the model card."""
+    """Weights + tokenizer into ``folder``; returns what was saved, for the model card.
+
+    LoRA: merged into full weights unless lora_merge is false. Under FSDP / ZeRO-3 the adapter is
+    gathered first (a collective), saved, and merged on the main process from the saved adapter
+    and the base model's files, so a sharded module is never merged in place."""
     from accelerate.utils import DistributedType
 
     sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
@@ -207,11 +299,13 @@ def save_model(accelerator, model, tokenizer, folder: Path, config: DPOConfig) -
             lm.merge_and_unload().save_pretrained(folder)
             saved["format"] = "merged"
         elif config.lora_r:
-            if config.lora_merge:
-                log.warning("lora_merge under %s: saving the adapter alone (merge it on one device)",
-                            accelerator.distributed_type)
             lm.save_pretrained(folder, state_dict=state)
             saved.update(format="adapter", base_model=config.model)
+            if config.lora_merge:
+                (folder / MODEL_CARD).write_text(json.dumps({"weights": saved}))  # the base, for the loader
+                merge_adapter(folder, config.model, models.dtype_name(config.dtype))
+                (folder / MODEL_CARD).unlink()
+                saved = {"format": "merged", "lora": True, "merged_after_gather": True}
         else:
             lm.save_pretrained(folder, state_dict=state)
         tokenizer.save_pretrained(folder)
@@ -241,8 +335,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     data_fingerprint = content_fingerprint(df)
     pd_values, num_aspects = None, None
     if config.loss_type == "dfpo":
-        pd_values = load_pd(config.scores_dir, df)
-        num_aspects = config.num_aspects or int(df["aspect"].nunique())
+        pd_values, scores_k = load_pd(config.scores_dir, df, config.dfpo_pd)
+        num_aspects = config.num_aspects or scores_k
 
     bf16 = config.bf16 if config.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=config.grad_accum,
@@ -269,25 +363,27 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
 
     # -- 3. Reference log-probs: cache, else a separate reference model now, else the policy below -
+    policy_dtype = models.dtype_name(config.dtype)
+    ref_dtype = models.dtype_name(config.ref_dtype or config.dtype)
     cache_dir = Path(config.ref_cache_dir) if config.ref_cache_dir else refcache.default_dir()
     ref_key = refcache.cache_key(refcache.model_fingerprint(config.reference, cache_dir), tokens,
-                                 "bf16" if bf16 else "fp32")
+                                 precision_key(ref_dtype, bf16))
     cache_file = cache_dir / f"{ref_key}.npz"
-    t_ref = time.perf_counter()
+    ref_clock = DeviceClock(accelerator.device)
     ref = refcache.load(cache_file, tokens)
     ref_cache = "hit" if ref is not None else "miss"
-    if ref is None and config.reference != config.model:
-        ref_lm = models.load_causal_lm(config.reference).to(accelerator.device)
-        ref = refcache.compute(SequenceLogps(ref_lm, config.logps_chunk), tokens, accelerator,
-                               config.ref_batch_size, tokenizer.pad_token_id)
+    if ref is None and (config.reference != config.model or ref_dtype != policy_dtype):
+        with ref_clock:
+            ref_lm = models.load_causal_lm(config.reference, ref_dtype).to(accelerator.device)
+            ref = refcache.compute(SequenceLogps(ref_lm, config.logps_chunk), tokens, accelerator,
+                                   config.ref_batch_size, tokenizer.pad_token_id)
         del ref_lm
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    ref_seconds = time.perf_counter() - t_ref
 
     # -- 4. Policy, optimizer, schedule -----------------------------------------------------------
-    lm = models.load_causal_lm(config.model)
+    lm = models.load_causal_lm(config.model, policy_dtype)
     if config.disable_dropout:
         disable_dropout(lm)
     if config.gradient_checkpointing:
@@ -307,9 +403,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     if ref is None:  # the reference is the policy's initial weights (LoRA's B = 0 leaves them unchanged)
-        t_ref = time.perf_counter()
-        ref = refcache.compute(model, tokens, accelerator, config.ref_batch_size, tokenizer.pad_token_id)
-        ref_seconds += time.perf_counter() - t_ref
+        with ref_clock:
+            ref = refcache.compute(model, tokens, accelerator, config.ref_batch_size, tokenizer.pad_token_id)
     if ref_cache == "miss" and is_main:
         refcache.save(cache_file, tokens, *ref)
     accelerator.wait_for_everyone()
@@ -335,7 +430,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     model.train()
     window = torch.zeros(len(STATS), device=accelerator.device)
     order, order_epoch, last = None, -1, {}
-    t_window, t_start = time.perf_counter(), time.perf_counter()
+    t_window = time.perf_counter()
+    train_clock = DeviceClock(accelerator.device).__enter__()
     bar = tqdm(total=total_steps, initial=start_step, desc="DPO", disable=not is_main)
     for step in range(start_step, total_steps):
         epoch, k = divmod(step, steps_per_epoch)
@@ -345,7 +441,8 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         micro = []
         for idx in data.micro_batches(order[k], lengths, config.batch_size, accelerator.num_processes,
                                       accelerator.process_index):
-            batch = data.collate(tokens, idx, tokenizer.pad_token_id, ref, pd_values)
+            collate = data.collate_packed if config.packed else data.collate
+            batch = collate(tokens, idx, tokenizer.pad_token_id, ref, pd_values)
             micro.append({name: t.to(accelerator.device, non_blocking=True) for name, t in batch.items()})
         stats, grad_norm = accumulate_step(accelerator, model, optimizer, micro, config, num_aspects)
         scheduler.step()
@@ -372,13 +469,16 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
             save_checkpoint(accelerator, run_dir, step + 1, config.keep_checkpoints)
     bar.close()
-    train_seconds = time.perf_counter() - t_start
+    train_clock.__exit__(None, None, None)
 
     # -- 6. Save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     result = {"out_dir": str(out), "steps": total_steps, "pairs": len(tokens), "step_pairs": step_pairs,
               "ref_cache": ref_cache, "resumed_from_step": start_step or None,
-              "ref_seconds": round(ref_seconds, 3), "train_seconds": round(train_seconds, 3),
+              # wall seconds (named so), and the GPU stream's seconds from CUDA events on a GPU (else None)
+              "ref_seconds": round(ref_clock.wall_s, 3), "train_seconds": round(train_clock.wall_s, 3),
+              "ref_cuda_s": _round(ref_clock.cuda_s), "train_cuda_s": _round(train_clock.cuda_s),
+              "device": device_kind(accelerator.device),
               **last}  # the last logged metrics, TRL's names
     card = {
         "kind": "fgpo.model", "stage": "train_dpo", "created_at": created_at, "code_version": code_version(),
@@ -386,7 +486,9 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         "tokens_fingerprint": tokens.fingerprint(), "ref_logps_key": ref_key,
         "scores_fingerprint": (sha256_hex(*map(str, pd_values.tolist())) if pd_values is not None else None),
         "num_aspects": num_aspects, "num_processes": accelerator.num_processes, "bf16": bf16,
-        "n_truncated": tokens.n_truncated, "metrics": last, **{k: result[k] for k in ("steps", "pairs")},
+        "dtype": policy_dtype, "ref_dtype": ref_dtype, "attention": models.attention(policy_dtype),
+        "n_truncated": tokens.n_truncated, "metrics": last,
+        **{k: result[k] for k in ("steps", "pairs")},  # no timings: the card is part of the weights' hash
     }
     with atomic_dir(out) if is_main else _null_dir(out) as tmp:
         card["weights"] = save_model(accelerator, model, tokenizer, tmp, config)
@@ -399,6 +501,10 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.end_training()
     return result
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 class _null_dir:

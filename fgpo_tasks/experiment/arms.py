@@ -342,11 +342,11 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
                 f.unlink()
 
         sel_cost = _selection_cost(arm, pool) + sel.seconds
-        gpu = result["device"] == "cuda"
+        # wall seconds on result["device"]; training_cuda_s: the GPU stream's seconds (CUDA events), else None
         result["cost"] = {"selection_s": round(sel_cost, 2), "training_s": round(trained.seconds, 2),
-                          "total_s": round(sel_cost + trained.seconds, 2),
-                          "selection_gpu_s": round(sel_cost, 2) if gpu else 0.0,
-                          "training_gpu_s": round(trained.seconds, 2) if gpu else 0.0,
+                          "total_s": round(sel_cost + trained.seconds, 2), "clock": "wall",
+                          "device": trained.result.get("device", result["device"]),
+                          "training_cuda_s": trained.result.get("train_cuda_s"),
                           "evaluation_s": round(evaluated.seconds, 2)}
         result["dpo_steps"] = trained.result.get("steps")
         result["model"] = trained.result["model"]
