@@ -349,7 +349,7 @@ def test_experiment_runs_each_pool_once_then_every_arm(ran_experiment):
         if c["fn"] != "load_experiment":
             assert (c["key"], c["created_at"]) == (run["run_id"], run["logical_date"])
     load = [c for c in calls if c["fn"] == "load_experiment"][0]
-    assert load["path"] == "configs/experiments/synthetic.yaml"
+    assert load["path"] == str(REPO / "configs/experiments/synthetic.yaml")  # resolved inside the root
     assert load["overrides"]["seeds"] == [0, 1] and load["overrides"]["tracking_uri"] == "http://127.0.0.1:9"
     safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run["run_id"])
     assert load["overrides"]["out_dir"] == str(Path(run["home"]) / "storage" / "experiments" / safe)
@@ -361,3 +361,23 @@ def test_a_failed_arm_fails_alone_and_the_report_is_still_written(ran_experiment
     assert sorted(arms.values()) == ["failed"] + ["success"] * 7
     assert [c for c in ran_experiment["calls"] if c["fn"] == "report"]  # the table of the other 7
     assert states["report"] == "failed" and ran_experiment["state"] == "failed"  # and the run says so
+
+
+def test_the_experiment_dag_reads_configs_only_from_the_configs_root(tmp_path, monkeypatch):
+    from fgpo_airflow.settings import experiment_config_path
+    from fgpo_tasks.errors import ConfigError
+
+    root = REPO / "configs" / "experiments"
+    assert experiment_config_path("configs/experiments/synthetic.yaml") == str(root / "synthetic.yaml")
+    assert experiment_config_path("helpsteer2.yaml") == str(root / "helpsteer2.yaml")
+    for bad in ("/etc/passwd", "configs/experiments/../pipeline/demo.yaml", "../../pyproject.toml",
+                str(REPO / "configs" / "pipeline" / "tiny.yaml")):
+        with pytest.raises(ConfigError, match="is not a YAML file in"):
+            experiment_config_path(bad)
+    with pytest.raises(ConfigError, match="no experiment config 'nope.yaml' in .*'synthetic.yaml'"):
+        experiment_config_path("nope.yaml")
+    (tmp_path / "mine.yaml").write_text("x: 1\n")
+    monkeypatch.setenv("FGPO_EXPERIMENTS_DIR", str(tmp_path))
+    assert experiment_config_path("mine.yaml") == str(tmp_path.resolve() / "mine.yaml")
+    with pytest.raises(ConfigError):
+        experiment_config_path("configs/experiments/synthetic.yaml")  # the repo's folder is not the root now

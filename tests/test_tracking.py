@@ -394,3 +394,55 @@ def test_an_mlflow_error_looking_up_the_champion_fails_the_step(tmp_path):
         registered_for_key("http://127.0.0.1:9", MODEL, "somekey", dead)
     # a store with no such model: simply no champion
     assert champion_model_dir(f"sqlite:///{tmp_path / 'empty.db'}", "nothing-here") is None
+
+
+def _rest_post(server, endpoint: str, body: dict) -> dict:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{server.uri}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.integration
+def test_parent_runs_are_named_and_carry_the_headline_knobs_as_params(server):
+    """What MLflow's compare view shows: two pipeline runs with different strategies, each with a
+    readable name and `strategy` (and the other knobs) as params, in a classic experiment."""
+    from fgpo_tasks import pipeline
+
+    for strategy, budget in (("pd", 0.3), ("random", 0.5)):
+        cfg = pipeline.pipeline_config({"profile": "tiny", "strategy": strategy, "budget": budget,
+                                        "tracking_uri": server.uri, "experiment_name": "fgpo-compare"})
+        pipeline._tracker(cfg, f"compare-{strategy}")
+        pipeline._tracker(cfg, f"compare-{strategy}")  # a later step: same run, params logged once
+    exp = server.rest("experiments/get-by-name", experiment_name="fgpo-compare")["experiment"]
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    runs = _rest_post(server, "runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    by_strategy = {}
+    for run in runs:
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        by_strategy[params["strategy"]] = (run["info"]["run_name"], params)
+    assert set(by_strategy) == {"pd", "random"}
+    name, params = by_strategy["random"]
+    assert name.startswith("tiny random budget 0.5 20")
+    assert params["budget"] == "0.5" and params["profile"] == "tiny" and params["policy"] == "tiny-llama"
+    assert params["proxy_backbone"] == "tiny-bert" and params["beta"] == "0.1" and params["epochs"] == "1"
+
+
+def test_evaluation_judges_the_data_aspects_and_no_others():
+    from fgpo_tasks.errors import ConfigError
+    from fgpo_tasks.judging import judged_models
+
+    # the default rule scorers, narrowed to the toy aspects the data has
+    assert judged_models(None, ["correctness", "conciseness"], where="p") == {
+        "conciseness": ["rule:conciseness"], "correctness": ["rule:correctness"]}
+    # HelpSteer aspects judged by the toy world's scorers: refused, naming both
+    with pytest.raises(ConfigError) as e:
+        judged_models(None, ["helpfulness", "correctness"], where="profile 'demo' [evaluate]")
+    assert "profile 'demo' [evaluate]" in str(e.value) and "['helpfulness']" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        judged_models({"politeness": "rule:politeness", "correctness": ["x"]}, ["correctness", "verbosity"], where="p")
+    assert "['politeness']" in str(e.value) and "['verbosity']" in str(e.value)
+    assert judged_models({"a": "m1", "b": ["m2"]}, ["b", "a"], where="p") == {"a": ["m1"], "b": ["m2"]}

@@ -112,6 +112,39 @@ class StepRun:
     created_at: str
 
 
+EXPERIMENTS_DIR_ENV = "FGPO_EXPERIMENTS_DIR"
+
+
+def experiment_config_path(value: str) -> str:
+    """The experiment config a fgpo_experiment run names, as an absolute path inside the configs
+    root: ``$FGPO_EXPERIMENTS_DIR``, else ``configs/experiments`` of this checkout. ``value`` is
+    a file name in the root (``synthetic.yaml``) or ``configs/experiments/<file>``; anything
+    resolving outside the root (an absolute path elsewhere, ``..``) or not a YAML file is a
+    ConfigError: a trigger form must not make a worker read any file it can reach."""
+    from pathlib import Path
+
+    import fgpo_tasks
+    from fgpo_tasks.errors import ConfigError
+
+    repo = Path(fgpo_tasks.__file__).resolve().parent.parent
+    root = Path(os.environ.get(EXPERIMENTS_DIR_ENV) or repo / "configs" / "experiments").resolve()
+    given = Path(value)
+    if given.is_absolute():
+        candidate = given
+    elif given.parts[:2] == ("configs", "experiments"):
+        candidate = repo / given
+    else:
+        candidate = root / given
+    candidate = candidate.resolve()
+    available = sorted(p.name for p in root.glob("*.y*ml")) if root.is_dir() else []
+    if root not in candidate.parents or candidate.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"experiment config {value!r} is not a YAML file in {root} "
+                          f"(${EXPERIMENTS_DIR_ENV} sets that folder); available: {available}")
+    if not candidate.is_file():
+        raise ConfigError(f"no experiment config {value!r} in {root}; available: {available}")
+    return str(candidate)
+
+
 def check_trigger_keys(conf: dict | None, known: list[str]) -> None:
     """A trigger conf key that is neither a DAG param nor a deployment setting is a ConfigError
     naming it (with the closest known key) and listing the known ones."""
