@@ -63,7 +63,12 @@ def fgpo_retrain():
     @task
     def aspects(validated: dict) -> list[str]:
         """The list to map over (Airflow maps only over a task's whole return value): every aspect,
-        plus the unified model '__all__' when the strategy (raf) needs one."""
+        plus the unified model '__all__' when the strategy (raf) needs one. Fails here, before any
+        training, when the profile's evaluation would judge aspects the data does not have."""
+        from fgpo_tasks.judging import check_judges
+        from fgpo_tasks.pipeline import pipeline_config
+
+        check_judges(pipeline_config(step_run().params), validated["aspects"])
         return list(validated.get("reward_models") or validated["aspects"])
 
     @fgpo_step(**GPU, map_index_template="{{ fgpo_aspect }}")  # the UI lists mapped tasks by aspect

@@ -41,3 +41,13 @@ def judged_models(eval_models: dict[str, list[str]] | None, data_aspects: list[s
         raise ConfigError(f"{where}: evaluation scorers do not match the data's aspects {data}: "
                           + "; ".join(parts) + " (set evaluate.eval_models to one entry per data aspect)")
     return {a: [m] if isinstance(m, str) else list(m) for a, m in sorted(eval_models.items())}
+
+
+def check_judges(cfg, data_aspects: list[str]) -> None:
+    """Fail early (right after validation, before any training) when the profile's evaluation
+    would judge other aspects than the data's. ``cfg``: a PipelineConfig. With a holdout split,
+    the evaluation reward models are trained on the data's own aspects: nothing to check."""
+    if cfg.holdout is not None:
+        return
+    judged_models(cfg.stages.get("evaluate", {}).get("eval_models"), data_aspects,
+                  where=f"profile {cfg.profile!r} [evaluate]")

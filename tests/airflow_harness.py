@@ -119,6 +119,8 @@ def _stub_pipeline(calls: list, fail: set[str]) -> types.ModuleType:
         return fn
 
     mod = types.ModuleType("fgpo_tasks.pipeline")
+    # what the glue task `aspects` reads to check the evaluation's judges (a holdout: none to check)
+    mod.pipeline_config = lambda params: types.SimpleNamespace(holdout={}, stages={}, profile="stub")
     mod.step_ingest = step("ingest", lambda i: {"data": "/store/ingest", "rows": 12})
     mod.step_validate = step("validate", lambda i: {"data": "/store/validate", "aspects": ["a1", "a2", "a3"]})
     mod.step_reward_model = step("reward_model", lambda i: {"aspect": i["aspect"], "model": f"/store/rm/{i['aspect']}",

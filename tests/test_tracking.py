@@ -446,3 +446,17 @@ def test_evaluation_judges_the_data_aspects_and_no_others():
         judged_models({"politeness": "rule:politeness", "correctness": ["x"]}, ["correctness", "verbosity"], where="p")
     assert "['politeness']" in str(e.value) and "['verbosity']" in str(e.value)
     assert judged_models({"a": "m1", "b": ["m2"]}, ["b", "a"], where="p") == {"a": ["m1"], "b": ["m2"]}
+
+
+def test_a_profile_that_cannot_judge_the_data_fails_before_training():
+    """The demo profile (toy-world rule scorers) on HelpSteer's aspects: refused right after
+    validation; a profile with a holdout split trains judges on the data's aspects: accepted."""
+    from fgpo_tasks.errors import ConfigError
+    from fgpo_tasks.judging import check_judges
+    from fgpo_tasks.pipeline import pipeline_config
+
+    helpsteer = ["coherence", "complexity", "correctness", "helpfulness", "verbosity"]
+    with pytest.raises(ConfigError, match="profile 'demo'"):
+        check_judges(pipeline_config({"profile": "demo"}), helpsteer)
+    check_judges(pipeline_config({"profile": "helpsteer2"}), helpsteer)
+    check_judges(pipeline_config({"profile": "demo"}), ["correctness", "politeness", "detail", "conciseness"])
