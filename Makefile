@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (run the pipeline on the embedded default) and `make test`.
+# Entry points: `make demo` (run the pipeline on the embedded default), `make airflow` (a live
+# Airflow + MLflow on 127.0.0.1; Ctrl-C or `make airflow-stop` stops it) and `make test`.
 # Both create .venv on first use. Everything fgpo writes goes under ./work (FGPO_WORK_DIR).
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ export FGPO_WORK_DIR ?= $(CURDIR)/work
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
-.PHONY: venv demo test test-all lock clean
+.PHONY: venv demo airflow airflow-stop test test-live test-all lock clean
 
 $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +25,23 @@ venv: $(VENV)/.installed
 demo: venv
 	bash scripts/demo.sh
 
+# airflow standalone (LocalExecutor, SQLite) with dags/ and plugins/, plus an MLflow server, both
+# under ./work and on 127.0.0.1; prints the URLs and the login. See scripts/airflow.sh.
+airflow: venv
+	bash scripts/airflow.sh
+
+airflow-stop:
+	bash scripts/airflow.sh stop
+
 # The integration tests start a throwaway PostgreSQL themselves; ci-services.sh installs Debian's
 # package when it is missing and we are root (else those tests skip, saying why).
 test: venv
 	bash scripts/ci-services.sh
 	$(PY) -m pytest -q -m "not slow"
+
+# The live-scheduler test: a real `airflow standalone` retrains twice on landed batches (minutes).
+test-live: venv
+	$(PY) -m pytest -q tests/test_live_airflow.py
 
 test-all: venv
 	$(PY) -m pytest -q

@@ -5,7 +5,8 @@
 -> run_arm (mapped: one per pool, seed and arm) -> report`
 
 Each task calls one function of `fgpo_tasks.experiment` with plain values: the experiment config
-file (`config` param, a path relative to the repository), the DAG run id as run key and the run's
+file (`config` param: a file in `configs/experiments`, or in `$FGPO_EXPERIMENTS_DIR` when set;
+nothing outside that folder is read), the DAG run id as run key and the run's
 logical date as timestamp. `prepare_pool` computes the data, the proxy reward models and the PD
 scores of a (pool, seed) ONCE; every arm on that pool and seed reuses them. `run_arm` selects,
 trains DPO from the starting policy and evaluates against it; each arm is one MLflow run (tag
@@ -31,6 +32,7 @@ def _experiment():
     """(config, run key, timestamp) of the running task; deployment settings applied."""
     from pathlib import Path
 
+    from fgpo_airflow.settings import experiment_config_path
     from fgpo_tasks.experiment import load_experiment
 
     run = step_run()
@@ -38,7 +40,7 @@ def _experiment():
     if run.params.get("storage_root"):
         safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in run.run_key)
         out = str(Path(run.params["storage_root"]) / "experiments" / safe)
-    cfg = load_experiment(run.params["config"], out_dir=out,
+    cfg = load_experiment(experiment_config_path(run.params["config"]), out_dir=out,
                           tracking_uri=run.params.get("tracking_uri"), seeds=run.params.get("seeds") or None)
     return cfg, run.run_key, run.created_at
 
@@ -51,8 +53,9 @@ def _experiment():
     max_active_runs=1,  # arms of two experiments would compete for the same GPU pool
     params={
         "config": Param("configs/experiments/synthetic.yaml", type="string", title="Experiment config",
-                        description="Experiment YAML (fgpo_tasks.experiment.ExperimentConfig), relative to "
-                                    "the repository: configs/experiments/synthetic.yaml or helpsteer2.yaml."),
+                        description="Experiment YAML (fgpo_tasks.experiment.ExperimentConfig) in "
+                                    "configs/experiments (or $FGPO_EXPERIMENTS_DIR): "
+                                    "configs/experiments/synthetic.yaml or helpsteer2.yaml."),
         "seeds": Param(None, type=["null", "array"], items={"type": "integer"}, title="Seeds",
                        description="Seeds to run instead of the config's (one integer per line); null: "
                                    "the config's seeds."),

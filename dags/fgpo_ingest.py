@@ -16,11 +16,14 @@ Why not an AssetWatcher: the file triggers in Airflow 3.3.2 (`FileDeleteTrigger`
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from airflow.sdk import dag, task
 from fgpo_airflow.assets import ANNOTATION_BATCHES
 from fgpo_airflow.callbacks import on_stage_failure
+
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -39,14 +42,19 @@ def fgpo_ingest():
     def detect_batches(*, inlet_events=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
         from fgpo_airflow import settings
-        from fgpo_airflow.landing import batches_event, landed_batches, previous_event
+        from fgpo_airflow.landing import batches_event, landed_batches, previous_event, skip_reason
 
         landing_dir, fmt = settings.landing()
-        event = batches_event(landing_dir, fmt, landed_batches(landing_dir, fmt),
-                              previous_event(inlet_events, ANNOTATION_BATCHES))
+        landed = landed_batches(landing_dir, fmt)
+        previous = previous_event(inlet_events, ANNOTATION_BATCHES)
+        event = batches_event(landing_dir, fmt, landed, previous)
         if event is None:
-            raise AirflowSkipException(f"no new batch in {landing_dir}")
+            why = skip_reason(landing_dir, fmt, landed, previous)
+            log.info("skipped: %s", why)
+            raise AirflowSkipException(why)
         outlet_events[ANNOTATION_BATCHES].extra = event
+        log.info("%d new batch(es) in %s (%d landed): %s", len(event["new"]), landing_dir,
+                 len(event["batches"]), event["new"])
         return {"landing_dir": landing_dir, "landed": len(event["batches"]), "new": event["new"]}
 
     detect_batches()

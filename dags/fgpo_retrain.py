@@ -11,11 +11,14 @@ finished result instead of redoing it. XCom carries URIs and small dicts only.
 
 **Trigger** by hand with the form (profile plus overrides), or let it run when `fgpo_ingest`
 reports new annotation batches (asset `fgpo_annotation_batches`): such a run trains on every
-landed batch; the scoring cache scores only the new pairs.
+landed batch with the profile in Variable `fgpo_retrain_profile` (default `demo`); the scoring
+cache scores only the new pairs. A trigger conf key the DAG does not know fails the run's first
+task, naming the key and listing the known ones.
 
 **Deployment settings** (connection `fgpo_mlflow`, Variables `fgpo_storage_root`,
-`fgpo_mlflow_ui_url`) are resolved by the `fgpo_airflow` plugin. GPU-heavy tasks run in pool
-`fgpo_gpu` on Celery queue `gpu`. Each task links to its MLflow run ("MLflow run" button); a
+`fgpo_mlflow_ui_url`, `fgpo_retrain_profile`) are resolved by the `fgpo_airflow` plugin.
+GPU-heavy tasks run in pool `fgpo_gpu` (created by `make airflow` / the compose init job: a task
+in a missing pool never starts) on Celery queue `gpu`. Each task links to its MLflow run ("MLflow run" button); a
 failing task logs its stage and its MLflow run.
 """
 
@@ -60,13 +63,20 @@ def fgpo_retrain():
     @task
     def aspects(validated: dict) -> list[str]:
         """The list to map over (Airflow maps only over a task's whole return value): every aspect,
-        plus the unified model '__all__' when the strategy (raf) needs one."""
+        plus the unified model '__all__' when the strategy (raf) needs one. Fails here, before any
+        training, when the profile's evaluation would judge aspects the data does not have."""
+        from fgpo_tasks.judging import check_judges
+        from fgpo_tasks.pipeline import pipeline_config
+
+        check_judges(pipeline_config(step_run().params), validated["aspects"])
         return list(validated.get("reward_models") or validated["aspects"])
 
-    @fgpo_step(**GPU)
+    @fgpo_step(**GPU, map_index_template="{{ fgpo_aspect }}")  # the UI lists mapped tasks by aspect
     def train_reward_model(validated: dict, aspect: str) -> dict:
+        from airflow.sdk import get_current_context
         from fgpo_tasks.pipeline import step_reward_model
 
+        get_current_context()["fgpo_aspect"] = aspect
         run = step_run()
         return step_reward_model(run.params, run.run_key, run.created_at, data=validated["data"],
                                  aspect=aspect)
@@ -110,8 +120,11 @@ def fgpo_retrain():
         run = step_run()
         result = step_register(run.params, run.run_key, run.created_at, model=trained["model"],
                                evaluation=evaluation)
+        # The registry as it is now (a rerun reports the current aliases and champion, not the
+        # verdict of the first attempt): version, its aliases, whether it is champion, the champion.
         outlet_events[REGISTERED_MODEL].extra = {
-            k: result.get(k) for k in ("model_name", "version", "aliases", "promoted")}
+            k: result.get(k) for k in ("model_name", "version", "aliases", "promoted", "champion_version",
+                                       "gate_passed", "reason")}
         return result
 
     validated = validate(ingest())

@@ -62,6 +62,8 @@ class PipelineConfig:
         "help": "promotion gate: minimum mean win rate of the candidate over the champion"})
     max_aspect_regression: float = field(default=0.05, metadata={
         "help": "promotion gate: no aspect's win rate may fall below 0.5 minus this"})
+    min_prompts: int = field(default=32, metadata={
+        "help": "promotion gate: the evaluation must have used at least this many prompts"})
     tracking_uri: str | None = field(default=None, metadata={
         "help": "MLflow tracking URI (default: sqlite under the work folder)"})
     experiment_name: str = field(default="fgpo", metadata={"help": "MLflow experiment"})
@@ -138,9 +140,10 @@ def _resolve_source(s: str) -> str:
 # MLflow: every step logs into the pipeline run (parent) keyed by the run key.
 
 def _tracker(cfg: PipelineConfig, run_key: str):
-    from fgpo_tasks.tracking import Tracker, TrackingConfig
+    from fgpo_tasks.tracking import Tracker, TrackingConfig, pipeline_run_name, pipeline_run_params
     return Tracker(run_key, TrackingConfig(tracking_uri=tracking_uri(cfg), experiment_name=cfg.experiment_name),
-                   tags={"fgpo.profile": cfg.profile, "fgpo.strategy": cfg.strategy, "fgpo.budget": cfg.budget})
+                   tags={"fgpo.profile": cfg.profile, "fgpo.strategy": cfg.strategy, "fgpo.budget": cfg.budget},
+                   run_name=pipeline_run_name(cfg), params=pipeline_run_params(cfg))
 
 
 def _log(cfg, run_key, stage, *, config=None, metrics=None, artifacts=(), datasets=(), tags=None) -> str:
@@ -349,19 +352,12 @@ def step_train_dpo(params: dict, run_key: str, created_at: str, data: str, score
 
 
 def _champion_dir(cfg: PipelineConfig) -> str | None:
-    """The local folder of the current champion, when the registry knows one that still exists."""
-    from fgpo_tasks.registry import CHAMPION
-    from mlflow import MlflowClient
+    """The local folder of the current champion, when the registry knows one that still exists.
 
-    try:
-        mv = MlflowClient(tracking_uri(cfg)).get_model_version_by_alias(cfg.model_name, CHAMPION)
-    except Exception:  # no registered model or no champion yet
-        return None
-    path = mv.tags.get("fgpo.model_dir")
-    if path and (Path(path) / "config.json").is_file():
-        return path
-    log.warning("champion v%s has no local folder (%s); comparing against the reference model", mv.version, path)
-    return None
+    No registered model or no champion yet: None. MLflow failing: the step fails (retryable), it
+    never silently evaluates against the reference model instead."""
+    from fgpo_tasks.registry import champion_model_dir
+    return champion_model_dir(tracking_uri(cfg), cfg.model_name)
 
 
 def step_evaluate(params: dict, run_key: str, created_at: str, model: str, validated: dict | None = None,
@@ -391,6 +387,11 @@ def step_evaluate(params: dict, run_key: str, created_at: str, model: str, valid
             # the split's parts share the validated data as lineage: name the training pool instead
             "follow_lineage": False, "exclude_pairs": [validated["data"]],
             "proxy_models": [f"fgpo:{m['model']}" for m in reward_models or []]}
+    if validated and validated.get("aspects"):  # judge the data's aspects, no others
+        from fgpo_tasks.judging import judged_models
+        overrides["eval_models"] = judged_models(
+            overrides.get("eval_models") or cfg.stages.get("evaluate", {}).get("eval_models"),
+            validated["aspects"], where=f"profile {cfg.profile!r} [evaluate]")
     config = _stage_config(cfg, "evaluate", EvalConfig, **overrides)
     before = store.run_record(run_key, "evaluate")
     if before is not None and before["result"].get("model") == model:
@@ -416,23 +417,10 @@ def data_key(cfg: PipelineConfig, data_fingerprint: str) -> str:
 
 
 def _registered_for(cfg: PipelineConfig, key: str) -> dict | None:
-    """The complete registration of an earlier run with the same data key, if any."""
-    from fgpo_tasks.registry import DONE_TAG, REASON_TAG
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri(cfg))
-    try:
-        found = client.search_model_versions(f"name = '{cfg.model_name}' and tags.`fgpo.data_key` = '{key}'")
-    except Exception:  # no such registered model yet
-        return None
-    done = sorted((v for v in found if v.tags.get(DONE_TAG) is not None), key=lambda v: int(v.version))
-    if not done:
-        return None
-    mv = client.get_model_version(cfg.model_name, done[0].version)
-    return {"model_name": cfg.model_name, "version": str(mv.version), "created": False,
-            "promoted": mv.tags[DONE_TAG] == "true", "aliases": list(mv.aliases), "mlflow_run_id": mv.run_id,
-            "reason": f"already registered for data key {key} by run {mv.tags.get('fgpo.run_key')}: "
-                      f"{mv.tags.get(REASON_TAG, '')}"}
+    """The complete registration of an earlier run with the same data key, as the registry has it
+    now (None when there is none; MLflow failing fails the step)."""
+    from fgpo_tasks.registry import registered_for_key
+    return registered_for_key(tracking_uri(cfg), cfg.model_name, key)
 
 
 def _register_key(model: str, evaluation: dict) -> str:
@@ -457,12 +445,15 @@ def step_register(params: dict, run_key: str, created_at: str, model: str, evalu
     key = data_key(cfg, read_model_info(model).get("data_fingerprint", ""))
     if existing := _registered_for(cfg, key):
         log.info("%s", existing["reason"])
+        _tracker(cfg, run_key).record_registration(run_dir(cfg, run_key), model, existing)
         return _commit(step, {**existing, "data_key": key, "tracking_uri": tracking_uri(cfg)})
-    gate = GateConfig(min_win_rate=cfg.min_win_rate, max_aspect_regression=cfg.max_aspect_regression)
+    gate = GateConfig(min_win_rate=cfg.min_win_rate, max_aspect_regression=cfg.max_aspect_regression,
+                      min_prompts=cfg.min_prompts)
     result = register_candidate(model, Path(evaluation["results"]), tracking_uri=tracking_uri(cfg),
                                 model_name=cfg.model_name, run_key=run_key, gate=gate,
                                 tags={"strategy": cfg.strategy, "budget": cfg.budget, "model_dir": model,
                                       "profile": cfg.profile, "data_key": key})
+    _tracker(cfg, run_key).record_registration(run_dir(cfg, run_key), model, result)
     return _commit(step, {**result, "mlflow_run_id": result.get("run_id"), "data_key": key,
                           "tracking_uri": tracking_uri(cfg)})
 

@@ -1,10 +1,29 @@
 """Registering a trained policy in the MLflow model registry, behind a promotion gate.
 
 Every candidate becomes a model version with the alias ``challenger``. The alias ``champion``
-moves to it only when the gate passes: the candidate's overall win rate over the current champion
-is at least ``min_win_rate`` and no aspect's win rate falls below ``0.5 - max_aspect_regression``.
-The evaluation must have been run against the current champion (compared by weight fingerprint);
-with no champion yet, against whatever baseline the evaluation used (the reference model).
+moves to it only when the gate passes (``gate_decision``), on evidence:
+
+- the lower bound of the confidence interval of the overall win rate (the per-prompt preference
+  averaged over aspects, percentile bootstrap over prompts with the evaluation's own settings) is
+  strictly above ``min_win_rate`` (and above 0.5 whatever ``min_win_rate`` says): a tie (every preference 0.5) never promotes, and neither does a
+  policy whose answers are the baseline's (unchanged weights, or a learning rate too small to
+  change a greedy decode);
+- the evaluation used at least ``min_prompts`` prompts;
+- no aspect's win rate falls below ``0.5 - max_aspect_regression``;
+- the candidate's weights differ from the baseline's;
+- the evaluation was run against the current champion (compared by weight fingerprint); with no
+  champion yet, against whatever baseline the evaluation used (the reference model).
+
+The champion moves atomically. The champion is re-read, the gate decided and the alias moved
+while holding the promotion lock of the registered model (``promotion_lock``): a registered model
+named ``<name>.promotion-lock``, created to take the lock and deleted to release it. Creating a
+registered model whose name exists fails on the server's unique constraint (SQLite and PostgreSQL
+alike, through the REST API or a local store), so at most one process holds the lock: two
+concurrent registrations can never both promote, and the second one finds the first one's
+version as champion, which its evaluation did not face, and stays challenger saying so. A lock
+older than ``lock_stale_s`` (its holder died inside a seconds-long critical section) is broken
+with a warning; that break is the one moment two processes could disagree, which is why the
+stale limit is minutes.
 
 Idempotent and safe to retry: the version carries the tag ``fgpo.run_key``, so registering the
 same pipeline run again finds it instead of creating another. Steps run in an order a crash can
@@ -23,9 +42,11 @@ flavor code with transformers 5.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +55,8 @@ from fgpo_tasks import jsonio
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import FgpoError
 from fgpo_tasks.provenance import code_version
-from fgpo_tasks.tracking import RUN_KEY_TAG, Tracker, TrackingConfig, _check_key, metric_key
+from fgpo_tasks.tracking import (RUN_KEY_TAG, MlflowCalls, Tracker, TrackingConfig, TrackingUnavailable,
+                                 _check_key, metric_key)
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +65,27 @@ DONE_TAG = "fgpo.gate.passed"  # written last: its presence marks a complete reg
 REASON_TAG = "fgpo.gate.reason"
 MODEL_FP_TAG = "fgpo.model_fingerprint"
 LOGGED_MODEL_TAG = "fgpo.logged_model_uri"
+LOCK_SUFFIX = ".promotion-lock"  # registered model <name>.promotion-lock: exists while held
+LOCK_OWNER_TAG, LOCK_SINCE_TAG = "fgpo.lock.owner", "fgpo.lock.since"
 
 
 @dataclass
 class GateConfig:
     min_win_rate: float = field(default=0.5, metadata={
-        "help": "promote only when the candidate's overall win rate (mean over aspects) over the "
-                "champion is at least this"})
+        "help": "promote only when the lower bound of the confidence interval of the candidate's "
+                "overall win rate (mean over aspects) over the champion is above this"})
     max_aspect_regression: float = field(default=0.05, metadata={
         "help": "promote only when no aspect's win rate is below 0.5 minus this"})
     metric: Literal["win_rate", "lc_win_rate"] = field(default="win_rate", metadata={
         "help": "which win rate the gate reads: raw or length-controlled"})
     require_champion_baseline: bool = field(default=True, metadata={
         "help": "fail the gate when the evaluation's baseline is not the current champion"})
+    min_prompts: int = field(default=32, metadata={
+        "help": "promote only when the evaluation used at least this many prompts"})
 
     def __post_init__(self):
         check(0.0 <= self.min_win_rate <= 1.0, f"min_win_rate must be in [0, 1], got {self.min_win_rate}")
+        check(self.min_prompts >= 1, f"min_prompts must be >= 1, got {self.min_prompts}")
         check(0.0 <= self.max_aspect_regression <= 0.5,
               f"max_aspect_regression must be in [0, 0.5], got {self.max_aspect_regression}")
 
@@ -76,6 +103,12 @@ class RegisterConfig:
         "help": "which win rate the gate reads: raw or length-controlled"})
     require_champion_baseline: bool = field(default=True, metadata={
         "help": "fail the gate when the evaluation's baseline is not the current champion"})
+    min_prompts: int = field(default=32, metadata={"help": GateConfig.__dataclass_fields__[
+        "min_prompts"].metadata["help"]})
+    lock_timeout_s: int = field(default=120, metadata={
+        "help": "seconds to wait for the promotion lock held by another registration"})
+    lock_stale_s: int = field(default=600, metadata={
+        "help": "a promotion lock older than this is taken to be left by a dead process and broken"})
     pip_requirements: list[str] | None = field(default=None, metadata={
         "help": "requirements recorded with the model; default: this mlflow, torch and transformers"})
     await_registration_s: int = field(default=300, metadata={
@@ -87,36 +120,81 @@ class RegisterConfig:
 
     def gate(self) -> GateConfig:
         return GateConfig(self.min_win_rate, self.max_aspect_regression, self.gate_metric,
-                          self.require_champion_baseline)
+                          self.require_champion_baseline, self.min_prompts)
+
+
+def overall_interval(results: dict, eval_dir: str | Path | None) -> list[float] | None:
+    """The confidence interval of the overall win rate: each prompt's preference averaged over
+    the aspects (as ``overall.win_rate`` averages the aspects' win rates), bootstrapped over
+    prompts with the evaluation's own resamples, level and seed. Read from ``overall.win_rate_ci``
+    when the results carry it, else computed from ``generations.jsonl`` beside results.json;
+    None when neither is there."""
+    import numpy as np
+
+    from fgpo_tasks.evaluate import bootstrap_ci
+
+    if results["overall"].get("win_rate_ci") is not None:
+        return [float(x) for x in results["overall"]["win_rate_ci"]]
+    if eval_dir is None:
+        return None
+    path = Path(eval_dir)
+    path = (path if path.is_dir() else path.parent) / "generations.jsonl"
+    if not path.is_file():
+        return None
+    aspects = list(results["aspects"])
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        return None
+    prefs = np.array([np.mean([float(r["preference"][a]) for a in aspects]) for r in rows])
+    cfg = results.get("config", {})
+    lo, hi = bootstrap_ci(prefs, int(cfg.get("bootstrap_samples", 1000)), float(cfg.get("ci_level", 0.95)),
+                          int(cfg.get("bootstrap_seed", 0)))
+    return [lo, hi]
 
 
 def gate_decision(results: dict, gate: GateConfig, champion: dict | None) -> tuple[bool, str]:
-    """(passed, reason) for evaluation ``results`` (results.json) against ``champion``.
+    """(passed, reason) for evaluation ``results`` (results.json, with ``overall.win_rate_ci``:
+    see ``overall_interval``) against ``champion``.
 
     ``champion``: None when there is none, else {"version", "fingerprint"}.
     """
     m = gate.metric
-    base = results["baseline"]
-    if champion is not None and gate.require_champion_baseline and \
-            champion.get("fingerprint") and champion["fingerprint"] != base["fingerprint"]:
+    base, cand = results["baseline"], results.get("candidate", {})
+    if champion is not None and gate.require_champion_baseline and champion.get("fingerprint") != base["fingerprint"]:
+        seen = f"({champion['fingerprint'][:12]})" if champion.get("fingerprint") else "(no weight fingerprint)"
         return False, (f"evaluated against baseline {base['path']} ({base['fingerprint'][:12]}), but the "
-                       f"current champion is version {champion['version']} "
-                       f"({champion['fingerprint'][:12]}): evaluate against the champion")
+                       f"current champion is version {champion['version']} {seen}: the champion changed "
+                       "since the evaluation or was never its baseline; evaluate against the champion")
+    against = (f"champion version {champion['version']}" if champion is not None
+               else f"baseline {base['path']} (no champion yet)")
+    if cand.get("fingerprint") and cand["fingerprint"] == base["fingerprint"]:
+        return False, f"gate failed against {against}: the candidate has the baseline's weights (unchanged policy)"
     overall = float(results["overall"][m])
+    ci = results["overall"].get("win_rate_ci")
+    n_prompts = int(results.get("prompts", {}).get("n_prompts", 0))
     floor = 0.5 - gate.max_aspect_regression
+    # A candidate must beat what it replaces: a bar below 0.5 would let a tie through.
+    bar = max(gate.min_win_rate, 0.5)
+    bar_text = f"min_win_rate {gate.min_win_rate:.3f}" + (" (0.5 at least: a tie never promotes)"
+                                                          if gate.min_win_rate < 0.5 else "")
     failures = []
-    if overall < gate.min_win_rate:
-        failures.append(f"overall {m} {overall:.3f} < min_win_rate {gate.min_win_rate:.3f}")
+    if ci is None:
+        failures.append("no confidence interval of the overall win rate in the evaluation results")
+    elif not float(ci[0]) > bar:
+        failures.append(f"overall win_rate CI low {float(ci[0]):.3f} (interval [{float(ci[0]):.3f}, "
+                        f"{float(ci[1]):.3f}]) is not above {bar_text}")
+    if m != "win_rate" and not overall > bar:
+        failures.append(f"overall {m} {overall:.3f} is not above {bar_text}")
+    if n_prompts < gate.min_prompts:
+        failures.append(f"{n_prompts} evaluation prompts < min_prompts {gate.min_prompts}")
     for aspect, f in results["aspects"].items():
         if float(f[m]) < floor:
             failures.append(f"aspect {aspect!r} {m} {float(f[m]):.3f} < {floor:.3f} "
                             f"(0.5 - max_aspect_regression {gate.max_aspect_regression})")
-    against = (f"champion version {champion['version']}" if champion is not None
-               else f"baseline {base['path']} (no champion yet)")
     if failures:
         return False, f"gate failed against {against}: " + "; ".join(failures)
-    return True, (f"gate passed against {against}: overall {m} {overall:.3f} >= {gate.min_win_rate:.3f}, "
-                  f"no aspect below {floor:.3f}")
+    return True, (f"gate passed against {against}: overall {m} {overall:.3f}, CI low {float(ci[0]):.3f} > "
+                  f"{bar:.3f} on {n_prompts} prompts, no aspect below {floor:.3f}")
 
 
 def _pip_requirements() -> list[str]:
@@ -155,7 +233,7 @@ def _log_policy(tracker: Tracker, run_id: str, model_dir: Path, config: Register
     return model_info.model_uri
 
 
-def _champion(tracker: Tracker, name: str) -> dict | None:
+def _champion(tracker: MlflowCalls, name: str) -> dict | None:
     mv = tracker.call(f"get alias {CHAMPION!r} of {name!r}", tracker.client.get_model_version_by_alias,
                       name, CHAMPION, missing_ok=True)
     if mv is None:
@@ -202,6 +280,119 @@ def _create_version(tracker: Tracker, model_uri: str, name: str, run_key: str, t
             time.sleep(tracker.config.backoff_s * 2 ** (attempt - 1))
 
 
+@contextlib.contextmanager
+def promotion_lock(tracker: Tracker, name: str, owner: str, *, timeout_s: float = 120,
+                   stale_s: float = 600, poll_s: float = 0.5):
+    """Hold the promotion lock of registered model ``name`` for the duration (see the module doc).
+
+    Taken by creating the registered model ``<name>.promotion-lock`` (tags: a unique owner token,
+    the time it was taken); released by deleting it. Waits up to ``timeout_s`` for another holder,
+    then raises TrackingUnavailable (a retry later will find it free); breaks a lock held longer
+    than ``stale_s``."""
+    from mlflow.exceptions import MlflowException
+
+    client, lock = tracker.client, name + LOCK_SUFFIX
+    token = f"{owner}:{uuid.uuid4().hex}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with tracker._http_settings():
+                client.create_registered_model(
+                    lock, tags={LOCK_OWNER_TAG: token, LOCK_SINCE_TAG: f"{time.time():.3f}"},
+                    description=f"promotion lock of {name!r} (fgpo); deleted when released")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                tracker.call(f"take the promotion lock {lock!r}", _raise, e, retries=0)
+        except Exception as e:  # noqa: BLE001 - classified (transient or not) by Tracker.call
+            tracker.call(f"take the promotion lock {lock!r}", _raise, e, retries=0)
+        held = tracker.call(f"read the promotion lock {lock!r}", client.get_registered_model, lock,
+                            missing_ok=True)
+        if held is None:
+            continue  # released meanwhile: try again at once
+        holder, since = held.tags.get(LOCK_OWNER_TAG, "?"), float(held.tags.get(LOCK_SINCE_TAG) or 0)
+        if holder == token:
+            break  # our create went through, only its answer was lost
+        if time.time() - since > stale_s:
+            log.warning("breaking the promotion lock of %r held by %s for %.0fs (> lock_stale_s %s)",
+                        name, holder, time.time() - since, stale_s)
+            tracker.call(f"break the promotion lock {lock!r}", client.delete_registered_model, lock,
+                         missing_ok=True)
+            continue
+        if time.monotonic() > deadline:
+            raise TrackingUnavailable(f"MLflow at {tracker.uri}: the promotion lock of {name!r} is held by "
+                                      f"{holder} (for {time.time() - since:.0f}s); retry the registration later")
+        time.sleep(poll_s)
+    try:
+        yield token
+    finally:
+        held = tracker.call(f"read the promotion lock {lock!r}", client.get_registered_model, lock,
+                            missing_ok=True)
+        if held is not None and held.tags.get(LOCK_OWNER_TAG) == token:
+            tracker.call(f"release the promotion lock {lock!r}", client.delete_registered_model, lock,
+                         missing_ok=True)
+        else:
+            log.warning("the promotion lock of %r was no longer ours at release (broken as stale?)", name)
+
+
+def _raise(e: BaseException):
+    raise e
+
+
+def registry_state(tracker: MlflowCalls, name: str, version: str) -> dict[str, Any]:
+    """Version ``version`` of ``name`` as the registry has it now: its aliases, whether it is the
+    champion (``promoted``), the champion's version, the verdict recorded by its gate."""
+    mv = tracker.call(f"get version {version} of {name!r}", tracker.client.get_model_version, name, version)
+    champion = _champion(tracker, name)
+    aliases = sorted(mv.aliases or [])
+    passed = mv.tags.get(DONE_TAG)
+    now = (f"now champion" if CHAMPION in aliases else
+           f"champion now: version {champion['version']}" if champion else "no champion now")
+    return {"model_name": name, "version": str(mv.version), "aliases": aliases,
+            "promoted": CHAMPION in aliases, "champion_version": champion and champion["version"],
+            "gate_passed": None if passed is None else passed == "true",
+            "reason": f"version {mv.version} registered earlier ({now}); its gate then: {mv.tags.get(REASON_TAG, '')}",
+            "run_key": mv.tags.get(RUN_KEY_TAG), "mlflow_run_id": mv.run_id}
+
+
+def champion_model_dir(tracking_uri: str | None, name: str,
+                       tracking: TrackingConfig | None = None) -> str | None:
+    """The local folder of ``name``'s champion (tag ``fgpo.model_dir``) when it still exists.
+
+    No registered model or no champion yet: None. MLflow unreachable: TrackingUnavailable, so
+    the step fails and is retried; never a silent fallback to the reference model."""
+    calls = MlflowCalls(tracking, tracking_uri=tracking_uri)
+    mv = calls.call(f"get alias {CHAMPION!r} of {name!r}", calls.client.get_model_version_by_alias,
+                    name, CHAMPION, missing_ok=True)
+    if mv is None:
+        return None
+    path = mv.tags.get("fgpo.model_dir")
+    if path and (Path(path) / "config.json").is_file():
+        return path
+    log.warning("champion v%s of %r has no local folder (%s): the evaluation runs against the reference "
+                "model, and the gate will refuse to promote on it", mv.version, name, path)
+    return None
+
+
+def registered_for_key(tracking_uri: str | None, name: str, data_key: str,
+                       tracking: TrackingConfig | None = None) -> dict | None:
+    """The complete registration of an earlier run with the same data key, as the registry has it
+    now (``registry_state``), or None. MLflow failing raises (TrackingUnavailable / FgpoError)."""
+    calls = MlflowCalls(tracking, tracking_uri=tracking_uri)
+    exists = calls.call(f"get registered model {name!r}", calls.client.get_registered_model, name,
+                        missing_ok=True)
+    if exists is None:
+        return None
+    found = calls.call(f"search versions of {name!r}", calls.client.search_model_versions,
+                       f"name = '{name}' and tags.`fgpo.data_key` = '{data_key}'")
+    done = sorted((v for v in found or [] if v.tags.get(DONE_TAG) is not None), key=lambda v: int(v.version))
+    if not done:
+        return None
+    state = registry_state(calls, name, str(done[0].version))
+    return {**state, "created": False,
+            "reason": f"already registered for data key {data_key} by run {state['run_key']}: {state['reason']}"}
+
+
 def register_candidate(model_dir: str | Path, eval_results: dict | str | Path, *, tracking_uri: str | None,
                        model_name: str, run_key: str, gate: GateConfig | None = None,
                        tags: dict[str, Any] | None = None, config: RegisterConfig | None = None,
@@ -221,6 +412,7 @@ def register_candidate(model_dir: str | Path, eval_results: dict | str | Path, *
     gate = gate or config.gate()
     _check_key(model_name, "model name")
     results = eval_results if isinstance(eval_results, dict) else read_results(eval_results)
+    eval_dir = None if isinstance(eval_results, dict) else Path(eval_results)
     fingerprint = model_fingerprint(model_dir)
     if results["candidate"]["fingerprint"] != fingerprint:
         raise FgpoError(f"the evaluation results are for another model ({results['candidate']['path']}, "
@@ -242,12 +434,10 @@ def register_candidate(model_dir: str | Path, eval_results: dict | str | Path, *
     found = sorted(found or [], key=lambda v: int(v.version))
     with tracker.stage("register") as run:
         if found and found[0].tags.get(DONE_TAG) is not None:
-            mv = tracker.call("get version", client.get_model_version, model_name, found[0].version)
-            log.info("run %r already registered as version %s of %r", run_key, mv.version, model_name)
-            return {"model_name": model_name, "version": str(mv.version), "created": False,
-                    "promoted": mv.tags[DONE_TAG] == "true", "reason": mv.tags.get(REASON_TAG, ""),
-                    "aliases": sorted(mv.aliases or []), "run_id": tracker.parent_run_id,
-                    "tracking_uri": tracker.uri}
+            state = registry_state(tracker, model_name, str(found[0].version))
+            log.info("run %r already registered as version %s of %r: %s", run_key, state["version"],
+                     model_name, state["reason"])
+            return {**state, "created": False, "run_id": tracker.parent_run_id, "tracking_uri": tracker.uri}
         created = False
         if found:
             mv = _await_ready(tracker, model_name, found[0].version, config.await_registration_s)
@@ -267,19 +457,29 @@ def register_candidate(model_dir: str | Path, eval_results: dict | str | Path, *
             created = True
         version = str(mv.version)
 
-        current = _champion(tracker, model_name)
-        if current is not None and current["version"] == version:
-            # An earlier attempt moved the champion here, then failed before finishing.
-            promoted, reason = True, f"version {version} is already the champion (an earlier attempt promoted it)"
-        else:
-            promoted, reason = gate_decision(results, gate, current)
-        tracker.call(f"set alias {CHALLENGER}", client.set_registered_model_alias, model_name, CHALLENGER, version)
-        if promoted:
-            tracker.call(f"set alias {CHAMPION}", client.set_registered_model_alias, model_name, CHAMPION, version)
+        results = {**results, "overall": {**results["overall"],
+                                          "win_rate_ci": overall_interval(results, eval_dir)}}
+        # Decide and move under the lock, on the champion as it is now (not as it was when the
+        # evaluation started): a concurrent registration that promoted meanwhile is seen here.
+        with promotion_lock(tracker, model_name, run_key, timeout_s=config.lock_timeout_s,
+                            stale_s=config.lock_stale_s):
+            current = _champion(tracker, model_name)
+            if current is not None and current["version"] == version:
+                # An earlier attempt moved the champion here, then failed before finishing.
+                promoted, reason = True, f"version {version} is already the champion (an earlier attempt promoted it)"
+            else:
+                promoted, reason = gate_decision(results, gate, current)
+            tracker.call(f"set alias {CHALLENGER}", client.set_registered_model_alias, model_name, CHALLENGER,
+                         version)
+            if promoted:
+                tracker.call(f"set alias {CHAMPION}", client.set_registered_model_alias, model_name, CHAMPION,
+                             version)
         gate_record = {"model_name": model_name, "version": version, "run_key": run_key,
                        "promoted": promoted, "reason": reason, "gate": to_dict(gate),
                        "previous_champion": current, "metric": gate.metric,
                        "overall": results["overall"][gate.metric],
+                       "overall_win_rate_ci": results["overall"]["win_rate_ci"],
+                       "n_prompts": results.get("prompts", {}).get("n_prompts"),
                        "aspects": {a: f[gate.metric] for a, f in results["aspects"].items()}}
         tracker.log_dict(run.run_id, gate_record, "gate.json")
         run.log_metrics({"promoted": promoted, "gate_value": results["overall"][gate.metric]})
@@ -291,6 +491,7 @@ def register_candidate(model_dir: str | Path, eval_results: dict | str | Path, *
                      str(promoted).lower())
     log.info("%s version %s: %s", model_name, version, reason)
     return {"model_name": model_name, "version": version, "created": created, "promoted": promoted,
-            "reason": reason, "aliases": [CHALLENGER] + ([CHAMPION] if promoted else []),
+            "gate_passed": promoted, "reason": reason, "aliases": [CHALLENGER] + ([CHAMPION] if promoted else []),
+            "champion_version": version if promoted else current and current["version"],
             "previous_champion": current and current["version"], "run_id": tracker.parent_run_id,
             "tracking_uri": tracker.uri}

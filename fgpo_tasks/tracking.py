@@ -10,8 +10,9 @@ config fields joined with dots), metrics ``<stage>.<name>``. Headline evaluation
 logged on the parent run (``eval.<aspect>.win_rate``...), where runs are compared.
 
 Every MLflow call goes through ``Tracker.call``: transient failures (connection refused, 5xx,
-timeouts) are retried a few times with exponential backoff, then raised as ``FgpoError`` naming
-the tracking URI; MLflow's own HTTP retries are turned down meanwhile so a dead server fails in
+timeouts) are retried a few times with exponential backoff, then raised as ``TrackingUnavailable``
+(an ``FgpoError`` naming the tracking URI, which Airflow's retry policy retries: the server may be
+back later; an answer that rejects the request is a plain ``FgpoError``); MLflow's own HTTP retries are turned down meanwhile so a dead server fails in
 seconds, not minutes.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -37,6 +39,9 @@ RUN_KEY_TAG = "fgpo.run_key"
 CHILD_KEY_TAG = "fgpo.child_key"
 KIND_TAG = "fgpo.kind"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+# MLflow 3's UI opens an experiment as a GenAI one (traces, sessions) unless told otherwise; the
+# UI reads this tag (values genai_development / custom_model_development).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_CHARS = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
                     "DEADLINE_EXCEEDED", "SERVICE_UNDER_MAINTENANCE", "ABORTED"}
@@ -62,6 +67,10 @@ class TrackingConfig:
         "help": "log CPU / memory / disk (and GPU with nvidia-ml-py) metrics of each stage run"})
     system_metrics_interval_s: float = field(default=10.0, metadata={
         "help": "seconds between system-metric samples"})
+
+
+class TrackingUnavailable(FgpoError):
+    """MLflow did not answer (or answered 5xx) after the retries: worth retrying the task later."""
 
 
 def default_tracking_uri() -> str:
@@ -111,23 +120,15 @@ def _check_key(value: str, what: str) -> str:
     return value
 
 
-class Tracker:
-    """One pipeline run in MLflow: finds or creates its parent run and the nested runs under it."""
+class MlflowCalls:
+    """A client of one tracking URI whose calls retry transient failures (no run is created)."""
 
-    def __init__(self, run_key: str, config: TrackingConfig | None = None, *,
-                 tracking_uri: str | None = None, run_name: str | None = None,
-                 tags: dict[str, Any] | None = None):
-        import mlflow
+    def __init__(self, config: "TrackingConfig | None" = None, *, tracking_uri: str | None = None):
         from mlflow import MlflowClient
 
         self.config = config or TrackingConfig()
-        self.run_key = _check_key(run_key, "run key")
         self.uri = tracking_uri or self.config.tracking_uri or default_tracking_uri()
-        # log_model / register_model use the process-wide URI: point it here.
-        mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        self.experiment_id = self._experiment()
-        self.parent_run_id = self._parent(run_name or run_key, tags or {})
 
     # -- calling MLflow ------------------------------------------------------------------------
 
@@ -169,19 +170,42 @@ class Tracker:
                 if not _is_transient(e):
                     raise FgpoError(f"MLflow at {self.uri} rejected {what}: {_short(e)}") from e
                 if attempt == attempts:
-                    raise FgpoError(f"MLflow tracking server {self.uri} is unreachable or failing "
+                    raise TrackingUnavailable(f"MLflow tracking server {self.uri} is unreachable or failing "
                                     f"({what}; {attempts} attempt(s)): {_short(e)}") from e
                 delay = self.config.backoff_s * 2 ** (attempt - 1)
                 log.warning("MLflow %s failed (%s); retry %d/%d in %.1fs", what, _short(e),
                             attempt, attempts - 1, delay)
                 time.sleep(delay)
 
+
+
+class Tracker(MlflowCalls):
+    """One pipeline run in MLflow: finds or creates its parent run and the nested runs under it."""
+
+    def __init__(self, run_key: str, config: TrackingConfig | None = None, *,
+                 tracking_uri: str | None = None, run_name: str | None = None,
+                 tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None):
+        import mlflow
+
+        super().__init__(config, tracking_uri=tracking_uri)
+        self.run_key = _check_key(run_key, "run key")
+        # log_model / register_model use the process-wide URI: point it here.
+        mlflow.set_tracking_uri(self.uri)
+        self.experiment_id = self._experiment()
+        self.parent_run_id = self._parent(run_name or run_key, tags or {})
+        if params:
+            self._log_new_params(self.parent_run_id, params)
+
     # -- runs ----------------------------------------------------------------------------------
 
     def _experiment(self) -> str:
+        """The experiment's id, created when missing; always a classic (model training) one."""
         name = self.config.experiment_name
         exp = self.call(f"get experiment {name!r}", self.client.get_experiment_by_name, name)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+                self.call("tag experiment", self.client.set_experiment_tag, exp.experiment_id,
+                          EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = self.config.artifact_location
         if location is None and self.uri.startswith("sqlite:///"):
@@ -189,12 +213,21 @@ class Tracker:
             location = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
         try:
             return self.call(f"create experiment {name!r}", self.client.create_experiment, name,
-                             artifact_location=location)
+                             artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except FgpoError:  # created meanwhile by another process
             exp = self.call(f"get experiment {name!r}", self.client.get_experiment_by_name, name)
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def _log_new_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params not yet on the run (MLflow params are write-once: a retried step, or a later
+        step that knows the same value, logs nothing twice); None values are skipped."""
+        run = self.call("get run", self.client.get_run, run_id)
+        have = run.data.params
+        new = {k: v for k, v in params.items() if v is not None and k not in have}
+        if new:
+            self.log_params(run_id, new)
 
     def _search(self, what: str, filters: dict[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
@@ -344,6 +377,23 @@ class Tracker:
 
     def metrics_callback(self, run_id: str, prefix: str = "dpo") -> "MetricsCallback":
         return MetricsCallback(self, run_id, prefix)
+
+    def record_registration(self, run_dir: str | Path, model_dir: str | Path, result: dict) -> None:
+        """On the pipeline run: the data params, the registered version as params and tags, and a
+        note linking the version's page in the MLflow UI (relative link: works behind any host)."""
+        params = {**run_data_params(run_dir, model_dir)}
+        version = result.get("version")
+        name = result.get("model_name")
+        if version:
+            params["registered_version"] = f"{name}/{version}"
+        self._log_new_params(self.parent_run_id, params)
+        if version:
+            verdict = "champion" if result.get("promoted") else "challenger"
+            note = (f"Registered as [{name} version {version}](#/models/{name}/versions/{version}) "
+                    f"({verdict}).\n\nGate: {result.get('reason', '')}")
+            self.set_tags(self.parent_run_id, {"fgpo.model_version": f"{name}/{version}",
+                                               "fgpo.registered_as": verdict, "mlflow.note.content": note})
+
 
 
 def _numeric(values: Any, prefix: str) -> dict[str, float]:
@@ -497,3 +547,67 @@ def log_evaluation(tracker: Tracker, eval_dir: str | Path) -> str:
                 tracker.call("end run", tracker.client.set_terminated, child, status="FINISHED")
     tracker.log_metrics(tracker.parent_run_id, metrics)
     return run.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline (parent) run as MLflow's compare view shows it: a readable name, the headline
+# knobs as params, the registered version linked.
+
+def _field_default(cls, name: str):
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def pipeline_run_name(cfg: Any, when: str | None = None) -> str:
+    """'<profile> <strategy> budget <b> <YYYY-MM-DD HH:MM>' (UTC): what a user reads in the list."""
+    stamp = when or time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    return f"{cfg.profile} {cfg.strategy} budget {cfg.budget:g} {stamp}"
+
+
+def pipeline_run_params(cfg: Any) -> dict[str, Any]:
+    """The headline knobs of a pipeline config (fgpo_tasks.pipeline.PipelineConfig), resolved the
+    way the stages resolve them (override, else the profile's section, else the stage default)."""
+    from fgpo_tasks.dpo.config import DPOConfig
+    from fgpo_tasks.reward_models import RewardModelConfig
+
+    dpo, rm = cfg.stages.get("dpo", {}), cfg.stages.get("reward_models", {})
+
+    def pick(override, section: dict, key: str, cls):
+        if override is not None:
+            return override
+        return section.get(key, _field_default(cls, key))
+
+    return {"profile": cfg.profile, "strategy": cfg.strategy, "budget": cfg.budget,
+            "proxy_backbone": pick(cfg.reward_backbone, rm, "backbone", RewardModelConfig),
+            "policy": pick(cfg.policy_model, dpo, "model", DPOConfig),
+            "beta": pick(cfg.beta, dpo, "beta", DPOConfig),
+            "epochs": pick(cfg.epochs, dpo, "epochs", DPOConfig),
+            "dpo_loss": dpo.get("loss_type", _field_default(DPOConfig, "loss_type")),
+            "aspects": ",".join(cfg.aspects) or "all", "model_name": cfg.model_name,
+            "gate.min_win_rate": cfg.min_win_rate, "gate.max_aspect_regression": cfg.max_aspect_regression,
+            "gate.min_prompts": getattr(cfg, "min_prompts", None)}
+
+
+def _step_json(run_dir: Path, step: str) -> dict:
+    """A run's record of one step (``<run_dir>/<step>.json``, fgpo_tasks.stages): its result."""
+    f = run_dir / f"{step}.json"
+    return (json.loads(f.read_text()).get("result") or {}) if f.is_file() else {}
+
+
+def _manifest_of(data_dir: str | None) -> dict:
+    f = Path(data_dir) / "manifest.json" if data_dir else None
+    return json.loads(f.read_text()) if f is not None and f.is_file() else {}
+
+
+def run_data_params(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any]:
+    """What the run trained on, from its committed steps: the validated data's fingerprint,
+    pairs in (validated) and selected, the DPO data's fingerprint."""
+    run_dir = Path(run_dir)
+    validated = _step_json(run_dir, "validate")
+    selected = _step_json(run_dir, "select")
+    manifest = _manifest_of(validated.get("data"))
+    info_file = Path(model_dir) / "fgpo_model.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    pairs_in = (manifest.get("row_counts") or {}).get("total")
+    return {"data_fingerprint": manifest.get("fingerprint"), "pairs_in": pairs_in,
+            "pairs_selected": selected.get("selected"), "dpo_data_fingerprint": info.get("data_fingerprint")}

@@ -17,9 +17,28 @@ export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifact
 # The job-execution workers (for MLflow's GenAI features) are not used here and cost ~1 GB.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
+# MLFLOW_AUTH=basic-auth: MLflow's basic-auth app (users, passwords, per-experiment permissions;
+# needs mlflow[auth]). Its user store is the backend database unless MLFLOW_AUTH_DATABASE_URI says
+# otherwise; the admin user is created on first start with MLFLOW_AUTH_ADMIN_PASSWORD. Clients log
+# in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+APP=()
+if [[ "${MLFLOW_AUTH:-none}" == basic-auth ]]; then
+  : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set MLFLOW_AUTH_ADMIN_PASSWORD for MLFLOW_AUTH=basic-auth}"
+  export MLFLOW_AUTH_CONFIG_PATH="${MLFLOW_AUTH_CONFIG_PATH:-${TMPDIR:-/tmp}/mlflow-basic-auth.ini}"
+  umask 077
+  printf '%s\n' "[mlflow]" "default_permission = READ" \
+    "database_uri = ${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}" \
+    "admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
+    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" > "$MLFLOW_AUTH_CONFIG_PATH"
+  APP=(--app-name basic-auth)
+elif [[ "${MLFLOW_AUTH:-none}" != none ]]; then
+  echo "mlflow-entrypoint: MLFLOW_AUTH must be basic-auth or none, got '${MLFLOW_AUTH}'" >&2
+  exit 2
+fi
+
 # Airflow tasks reach the server as http://mlflow:5000 and browsers as localhost: both Host
 # headers must be allowed (MLflow answers 403 to unknown hosts).
-exec mlflow server \
+exec mlflow server "${APP[@]}" \
   --host "${MLFLOW_SERVER_HOST:-0.0.0.0}" \
   --port "${MLFLOW_SERVER_PORT:-5000}" \
   --workers "${MLFLOW_SERVER_WORKERS:-2}" \

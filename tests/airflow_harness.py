@@ -119,6 +119,8 @@ def _stub_pipeline(calls: list, fail: set[str]) -> types.ModuleType:
         return fn
 
     mod = types.ModuleType("fgpo_tasks.pipeline")
+    # what the glue task `aspects` reads to check the evaluation's judges (a holdout: none to check)
+    mod.pipeline_config = lambda params: types.SimpleNamespace(holdout={}, stages={}, profile="stub")
     mod.step_ingest = step("ingest", lambda i: {"data": "/store/ingest", "rows": 12})
     mod.step_validate = step("validate", lambda i: {"data": "/store/validate", "aspects": ["a1", "a2", "a3"]})
     mod.step_reward_model = step("reward_model", lambda i: {"aspect": i["aspect"], "model": f"/store/rm/{i['aspect']}",
@@ -128,7 +130,8 @@ def _stub_pipeline(calls: list, fail: set[str]) -> types.ModuleType:
     mod.step_train_dpo = step("train_dpo", lambda i: {"model": "/store/dpo"})
     mod.step_evaluate = step("evaluate", lambda i: {"results": "/store/eval", "win_rate": 0.6})
     mod.step_register = step("register", lambda i: {"model_name": "fgpo-policy", "version": "3",
-                                                     "aliases": ["champion"], "promoted": True, "reason": "gate passed"})
+                                                     "aliases": ["champion"], "promoted": True, "reason": "gate passed",
+                                                     "champion_version": "3", "gate_passed": True})
     return mod
 
 
@@ -148,8 +151,10 @@ def _run_retrain(bag, fail: set[str]) -> dict:
                  for x in session.query(XComModel).filter(XComModel.run_id == dr.run_id,
                                                           XComModel.key == "_link_MlflowRunLink")}
         events = [e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == dr.run_id)]
+        labels = {f"{ti.task_id}[{ti.map_index}]": ti.rendered_map_index
+                  for ti in dr.get_task_instances(session=session) if ti.map_index >= 0}
     return {"state": dr.state, "run_id": dr.run_id, "logical_date": dr.logical_date.isoformat(),
-            "calls": calls, "task_states": states, "links": links, "events": events}
+            "calls": calls, "task_states": states, "links": links, "events": events, "map_labels": labels}
 
 
 def _run_ingest(bag, landing: str) -> list[dict]:

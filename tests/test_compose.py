@@ -139,6 +139,90 @@ def test_mlflow_folder_holds_deployment_files_only():
 
 
 @pytest.mark.parametrize("script", ["mlflow/entrypoint.sh", "docker/postgres/init-databases.sh", "scripts/pg.sh",
-                                    "scripts/ci-services.sh"])
+                                    "scripts/ci-services.sh", "scripts/airflow.sh"])
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(REPO / script)]).returncode == 0
+
+
+# ------------------------------------------------------------------------------ secure defaults
+
+INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+SECRETS = {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "REDIS_PASSWORD",
+           "AIRFLOW_ADMIN_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY",
+           "AIRFLOW_FERNET_KEY"}
+
+
+def interpolate(text: str, env: dict[str, str]) -> tuple[str, list[str]]:
+    """docker compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err} over
+    ``env``: the text, and the variables whose required check fails (compose refuses to start)."""
+    missing = []
+
+    def value(m):
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        v = env.get(name)
+        empty = v is None or (op is not None and op.startswith(":") and v == "")
+        if op in (":?", "?") and empty:
+            missing.append(name)
+            return ""
+        if op in (":-", "-") and empty:
+            return arg
+        return v or ""
+
+    return INTERPOLATION.sub(value, text.replace("$$", "\0")).replace("\0", "$"), missing
+
+
+def filled_env() -> dict[str, str]:
+    return {k: (f"s3cret-{k.lower()}" if k in SECRETS else v) for k, v in env_example().items()}
+
+
+def test_env_example_placeholders_fail_the_compose_checks_until_replaced():
+    _, missing = interpolate(COMPOSE.read_text(), env_example())
+    assert set(missing) == SECRETS, "every secret must be required (${VAR:?...}) and empty in .env.example"
+    assert all(env_example()[k] == "" for k in SECRETS)
+    _, missing = interpolate(COMPOSE.read_text(), filled_env())
+    assert missing == []
+
+
+def test_fernet_key_is_required():
+    assert "${AIRFLOW_FERNET_KEY:?" in COMPOSE.read_text()
+    env = filled_env()
+    env["AIRFLOW_FERNET_KEY"] = ""
+    assert interpolate(COMPOSE.read_text(), env)[1] == ["AIRFLOW_FERNET_KEY"] * COMPOSE.read_text().count("${AIRFLOW_FERNET_KEY:?")
+
+
+def test_ui_ports_are_published_on_localhost_unless_overridden():
+    text, _ = interpolate(COMPOSE.read_text(), filled_env())
+    services = yaml.safe_load(text)["services"]
+    published = {name: svc["ports"] for name, svc in services.items() if "ports" in svc}
+    assert published == {"mlflow": ["127.0.0.1:5000:5000"], "airflow-apiserver": ["127.0.0.1:8080:8080"]}
+    text, _ = interpolate(COMPOSE.read_text(), {**filled_env(), "FGPO_BIND_ADDRESS": "10.0.0.5"})
+    assert yaml.safe_load(text)["services"]["mlflow"]["ports"] == ["10.0.0.5:5000:5000"]
+    without = {k: v for k, v in filled_env().items() if k != "FGPO_BIND_ADDRESS"}  # unset: localhost
+    text, _ = interpolate(COMPOSE.read_text(), without)
+    assert yaml.safe_load(text)["services"]["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
+
+
+def test_mlflow_runs_its_basic_auth_app_and_tasks_log_in(compose, tmp_path):
+    services = compose["services"]
+    assert services["mlflow"]["environment"]["MLFLOW_AUTH"] == "basic-auth"
+    env = services["airflow-scheduler"]["environment"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == "admin" and "MLFLOW_ADMIN_PASSWORD" in env["MLFLOW_TRACKING_PASSWORD"]
+    assert "mlflow[auth]==" in (REPO / "mlflow" / "Dockerfile").read_text()
+    # The entrypoint, with a stand-in `mlflow` that prints its argv: the app and its config.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mlflow").write_text('#!/bin/sh\necho "ARGS $*"\necho "CONFIG $MLFLOW_AUTH_CONFIG_PATH"\n')
+    (fake / "mlflow").chmod(0o755)
+    run_env = {"PATH": f"{fake}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "MLFLOW_AUTH": "basic-auth",
+               "MLFLOW_AUTH_ADMIN_PASSWORD": "pw", "MLFLOW_DB_PASSWORD": "dbpw"}
+    out = subprocess.run(["bash", str(REPO / "mlflow" / "entrypoint.sh")], env=run_env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "ARGS server --app-name basic-auth --host 0.0.0.0" in out.stdout
+    ini = (tmp_path / "mlflow-basic-auth.ini").read_text()
+    assert "database_uri = postgresql://mlflow:dbpw@postgres:5432/mlflow" in ini and "admin_username = admin" in ini
+    assert "pw" not in ini.replace("dbpw", "")  # the admin password stays in the environment
+    no_password = {k: v for k, v in run_env.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    out = subprocess.run(["bash", str(REPO / "mlflow" / "entrypoint.sh")], env=no_password, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD" in out.stderr

@@ -183,6 +183,8 @@ def test_retrain_run_passes_uris_keys_and_settings_along(ran):
     assert sorted(c["inputs"]["aspect"] for c in calls if c["step"] == "reward_model") == ["a1", "a2", "a3"]
     assert {k: v for k, v in run["task_states"].items() if k.startswith("train_reward_model")} == {
         f"train_reward_model[{i}]": ["success", 1] for i in range(3)}
+    # the UI labels each mapped task instance by its aspect, not 0, 1, 2
+    assert run["map_labels"] == {f"train_reward_model[{i}]": f"a{i + 1}" for i in range(3)}
     by_step = {c["step"]: c for c in calls}
     assert by_step["validate"]["inputs"] == {"data": "/store/ingest"}
     assert [m["model"] for m in by_step["score"]["inputs"]["reward_models"]] == [f"/store/rm/a{i}" for i in (1, 2, 3)]
@@ -206,7 +208,8 @@ def test_each_step_links_to_its_mlflow_run(ran):
 
 def test_register_emits_the_registered_model_event(ran):
     assert ran["ok"]["events"] == [{"model_name": "fgpo-policy", "version": "3", "aliases": ["champion"],
-                                    "promoted": True}]
+                                    "promoted": True, "champion_version": "3", "gate_passed": True,
+                                    "reason": "gate passed"}]
 
 
 def test_user_error_fails_at_once_and_the_callback_names_the_stage(ran):
@@ -247,6 +250,8 @@ def test_asset_triggered_run_trains_on_every_landed_batch(monkeypatch):
 
     monkeypatch.setattr(settings, "tracking_uri", lambda: "http://mlflow:5000")
     monkeypatch.setattr(settings, "storage_root", lambda: None)
+    variables = {"fgpo_retrain_profile": "tiny"}
+    monkeypatch.setattr(settings, "_variable", variables.get)
     events = TriggeringAssetEventsAccessor.build([
         _event({"format": "trl", "batches": ["/l/b1.jsonl", "/l/b2.jsonl"], "new": ["/l/b2.jsonl"]}, 7),
         _event({"format": "trl", "batches": ["/l/b1.jsonl"], "new": ["/l/b1.jsonl"]}, 3),
@@ -260,8 +265,37 @@ def test_asset_triggered_run_trains_on_every_landed_batch(monkeypatch):
     assert run.params["format"] == ["trl"] and run.params["budget"] == 0.4
     assert run.params["tracking_uri"] == "http://mlflow:5000" and "storage_root" not in run.params
     assert (run.run_key, run.created_at) == ("asset_triggered__x", when.isoformat())
+    assert run.params["profile"] == "tiny"  # scheduled runs: the profile in Variable fgpo_retrain_profile
     manual = settings.step_run({**context, "triggering_asset_events": {}})
-    assert manual.params["source"] is None
+    assert manual.params["source"] is None and manual.params["profile"] == "demo"  # the form's
+    variables.clear()
+    assert settings.step_run(context).params["profile"] == "demo"  # no Variable: demo
+    pinned = type("DR", (), {"logical_date": None, "run_after": when, "conf": {"profile": "helpsteer2"}})()
+    context["params"]["profile"] = "helpsteer2"
+    assert settings.step_run({**context, "dag_run": pinned}).params["profile"] == "helpsteer2"  # conf wins
+
+
+def test_a_mistyped_trigger_key_is_named_with_the_known_ones():
+    from fgpo_airflow.params import retrain_params
+    from fgpo_airflow.settings import check_trigger_keys
+    from fgpo_tasks.errors import ConfigError
+
+    known = list(retrain_params())
+    check_trigger_keys({"budget": 0.5, "tracking_uri": "http://x"}, known)  # fine
+    with pytest.raises(ConfigError) as e:
+        check_trigger_keys({"bugdet": 0.5}, known)
+    message = str(e.value)
+    assert "'bugdet' (did you mean 'budget'?)" in message and "known keys:" in message
+    assert "'strategy'" in message and "profile YAML" not in message
+
+
+def test_the_link_reads_plain_json_only():
+    from fgpo_airflow.links import _url_from
+
+    assert _url_from('"http://m:5000/#/runs/abc"') == "http://m:5000/#/runs/abc"
+    assert _url_from('{"mlflow_run_url": "http://m:5000/#/runs/abc", "data": "/x"}') == "http://m:5000/#/runs/abc"
+    assert _url_from({"mlflow_run_url": "http://m/#/runs/1"}) == "http://m/#/runs/1"
+    assert _url_from('{"__classname__": "x"}') == "" and _url_from("javascript:alert(1)") == ""
 
 
 def test_connection_tracking_uri():
@@ -283,6 +317,9 @@ def test_retry_policy_fails_user_errors_and_retries_the_rest():
     for error in (ConfigError("budget must be in (0, 1]"), InputError("bad row", file="a.jsonl", line=3)):
         assert DEFAULT_RETRY_POLICY.evaluate(error, 1, 3).action == RetryAction.FAIL
     assert DEFAULT_RETRY_POLICY.evaluate(ConnectionError("worker lost"), 1, 3).action == RetryAction.DEFAULT
+    from fgpo_tasks.tracking import TrackingUnavailable  # an FgpoError, but MLflow may be back later
+
+    assert DEFAULT_RETRY_POLICY.evaluate(TrackingUnavailable("MLflow down"), 1, 3).action == RetryAction.RETRY
 
 
 # ------------------------------------------------------------------------------ fgpo_experiment (stub units)
@@ -312,7 +349,7 @@ def test_experiment_runs_each_pool_once_then_every_arm(ran_experiment):
         if c["fn"] != "load_experiment":
             assert (c["key"], c["created_at"]) == (run["run_id"], run["logical_date"])
     load = [c for c in calls if c["fn"] == "load_experiment"][0]
-    assert load["path"] == "configs/experiments/synthetic.yaml"
+    assert load["path"] == str(REPO / "configs/experiments/synthetic.yaml")  # resolved inside the root
     assert load["overrides"]["seeds"] == [0, 1] and load["overrides"]["tracking_uri"] == "http://127.0.0.1:9"
     safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run["run_id"])
     assert load["overrides"]["out_dir"] == str(Path(run["home"]) / "storage" / "experiments" / safe)
@@ -324,3 +361,23 @@ def test_a_failed_arm_fails_alone_and_the_report_is_still_written(ran_experiment
     assert sorted(arms.values()) == ["failed"] + ["success"] * 7
     assert [c for c in ran_experiment["calls"] if c["fn"] == "report"]  # the table of the other 7
     assert states["report"] == "failed" and ran_experiment["state"] == "failed"  # and the run says so
+
+
+def test_the_experiment_dag_reads_configs_only_from_the_configs_root(tmp_path, monkeypatch):
+    from fgpo_airflow.settings import experiment_config_path
+    from fgpo_tasks.errors import ConfigError
+
+    root = REPO / "configs" / "experiments"
+    assert experiment_config_path("configs/experiments/synthetic.yaml") == str(root / "synthetic.yaml")
+    assert experiment_config_path("helpsteer2.yaml") == str(root / "helpsteer2.yaml")
+    for bad in ("/etc/passwd", "configs/experiments/../pipeline/demo.yaml", "../../pyproject.toml",
+                str(REPO / "configs" / "pipeline" / "tiny.yaml")):
+        with pytest.raises(ConfigError, match="is not a YAML file in"):
+            experiment_config_path(bad)
+    with pytest.raises(ConfigError, match="no experiment config 'nope.yaml' in .*'synthetic.yaml'"):
+        experiment_config_path("nope.yaml")
+    (tmp_path / "mine.yaml").write_text("x: 1\n")
+    monkeypatch.setenv("FGPO_EXPERIMENTS_DIR", str(tmp_path))
+    assert experiment_config_path("mine.yaml") == str(tmp_path.resolve() / "mine.yaml")
+    with pytest.raises(ConfigError):
+        experiment_config_path("configs/experiments/synthetic.yaml")  # the repo's folder is not the root now

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Any
 
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
@@ -18,7 +21,13 @@ class FgpoStepOperator(_PythonDecoratedOperator):
     operator_extra_links = (MlflowRunLink(),)
 
     def execute(self, context: Any) -> Any:
-        result = super().execute(context)
+        # Airflow labels whatever a task writes to stderr as ERROR: progress bars (tqdm) and the
+        # INFO lines MLflow and transformers print there would make every successful task look
+        # failed. Progress bars are off in tasks; the rest goes to stdout (logged as INFO).
+        # Exceptions are still logged as errors by the task runner.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        with contextlib.redirect_stderr(sys.stdout):
+            result = super().execute(context)
         if isinstance(result, dict) and result.get("mlflow_run_id"):
             from fgpo_airflow import settings
 

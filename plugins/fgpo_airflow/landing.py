@@ -43,3 +43,17 @@ def previous_event(inlet_events: Any, asset: Any) -> dict | None:
     except (IndexError, KeyError):
         return None
     return dict(event.extra or {})
+
+
+def skip_reason(landing_dir: str, fmt: str, landed: list[str], previous: dict | None) -> str:
+    """Why no event is emitted: the folder is missing, holds no batch of the format, or every
+    batch was reported already."""
+    from pathlib import Path
+
+    if not Path(landing_dir).is_dir():
+        return f"landing folder {landing_dir} does not exist (Variable fgpo_landing_dir)"
+    if not landed:
+        return (f"no batch file in {landing_dir} that format {fmt!r} reads (dot-files and *.tmp are "
+                "ignored until renamed)")
+    return (f"no new batch in {landing_dir}: all {len(landed)} landed batch(es) were reported by the "
+            f"previous event ({len((previous or {}).get('batches', []))} batches)")

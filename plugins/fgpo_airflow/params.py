@@ -80,8 +80,14 @@ def retrain_params() -> dict[str, Param]:
             section=_MODELS),
         "min_win_rate": Param(
             None, type=_nullable("number"), minimum=0, maximum=1, title="Minimum win rate",
-            description="Promotion gate: the candidate's mean win rate over the current champion "
-                        "must reach this. null: the profile's.",
+            description="Promotion gate: the lower bound of the confidence interval of the "
+                        "candidate's mean win rate over the current champion must be above this "
+                        "(and above 0.5: a tie never promotes). null: the profile's.",
+            section=_GATE),
+        "min_prompts": Param(
+            None, type=_nullable("integer"), minimum=1, title="Minimum evaluation prompts",
+            description="Promotion gate: the evaluation must have used at least this many prompts. "
+                        "null: the profile's (default 32).",
             section=_GATE),
         "max_aspect_regression": Param(
             None, type=_nullable("number"), minimum=0, maximum=0.5, title="Maximum aspect regression",

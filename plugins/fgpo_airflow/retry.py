@@ -5,10 +5,14 @@ from __future__ import annotations
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 # fgpo_tasks raises FgpoError (ConfigError, InputError) for bad params or bad data: a retry would
-# fail the same way, so fail at once. Anything else (a lost worker, an MLflow hiccup, OOM on a
-# shared GPU) gets the task's retries with exponential backoff. A dotted path, not the class:
-# the DAG file must not import fgpo_tasks at parse time.
+# fail the same way, so fail at once; but TrackingUnavailable (MLflow did not answer after its
+# own retries) is an FgpoError worth retrying later. Anything else (a lost worker, OOM on a
+# shared GPU) gets the task's retries with exponential backoff. Dotted paths, not the classes:
+# Airflow resolves them (light modules: no torch, mlflow or pandas at import).
 DEFAULT_RETRY_POLICY = ExceptionRetryPolicy(rules=[
+    # first match wins: an unreachable MLflow is an FgpoError too, but worth the retries
+    RetryRule(exception="fgpo_tasks.tracking.TrackingUnavailable", action=RetryAction.RETRY,
+              reason="MLflow unreachable or failing: retry with backoff"),
     RetryRule(exception="fgpo_tasks.errors.FgpoError", action=RetryAction.FAIL,
               reason="fgpo user error (bad params or data): fix it and clear the task"),
 ])

@@ -11,6 +11,10 @@ time: a lookup may reach the metadata database or the API server):
 - Storage root of run artifacts: Variable ``fgpo_storage_root``, else fgpo_tasks' default.
 - Annotation landing folder and its ingest format: Variables ``fgpo_landing_dir`` and
   ``fgpo_landing_format``.
+- Profile of scheduled (asset-triggered) fgpo_retrain runs: Variable ``fgpo_retrain_profile``,
+  else ``demo``. A run triggered by hand uses the profile of its trigger form.
+- GPU pool: ``fgpo_gpu``; ``scripts/airflow.sh`` (``make airflow``) and the compose init job create
+  it (``airflow pools set``). Tasks in a pool that does not exist never start.
 
 Variables and connections can also come from the environment
 (``AIRFLOW_VAR_FGPO_STORAGE_ROOT``, ``AIRFLOW_CONN_FGPO_MLFLOW``), as docker-compose.yaml does.
@@ -25,13 +29,17 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-GPU_POOL = "fgpo_gpu"  # created by the compose init job (`airflow pools set fgpo_gpu N ...`)
+GPU_POOL = "fgpo_gpu"  # created by scripts/airflow.sh and the compose init job (`airflow pools set`)
 GPU_QUEUE = "gpu"  # the Celery worker that reserves a GPU listens on this queue
 MLFLOW_CONN_ID = "fgpo_mlflow"
 MLFLOW_UI_VAR = "fgpo_mlflow_ui_url"
 STORAGE_ROOT_VAR = "fgpo_storage_root"
 LANDING_DIR_VAR = "fgpo_landing_dir"
 LANDING_FORMAT_VAR = "fgpo_landing_format"
+RETRAIN_PROFILE_VAR = "fgpo_retrain_profile"
+DEFAULT_RETRAIN_PROFILE = "demo"
+# Trigger keys a run accepts besides the DAG's params (deployment settings a conf may pin).
+DEPLOYMENT_KEYS = ("tracking_uri", "storage_root")
 DEFAULT_LANDING_FORMAT = "rated-responses"
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
@@ -104,13 +112,73 @@ class StepRun:
     created_at: str
 
 
+EXPERIMENTS_DIR_ENV = "FGPO_EXPERIMENTS_DIR"
+
+
+def experiment_config_path(value: str) -> str:
+    """The experiment config a fgpo_experiment run names, as an absolute path inside the configs
+    root: ``$FGPO_EXPERIMENTS_DIR``, else ``configs/experiments`` of this checkout. ``value`` is
+    a file name in the root (``synthetic.yaml``) or ``configs/experiments/<file>``; anything
+    resolving outside the root (an absolute path elsewhere, ``..``) or not a YAML file is a
+    ConfigError: a trigger form must not make a worker read any file it can reach."""
+    from pathlib import Path
+
+    import fgpo_tasks
+    from fgpo_tasks.errors import ConfigError
+
+    repo = Path(fgpo_tasks.__file__).resolve().parent.parent
+    root = Path(os.environ.get(EXPERIMENTS_DIR_ENV) or repo / "configs" / "experiments").resolve()
+    given = Path(value)
+    if given.is_absolute():
+        candidate = given
+    elif given.parts[:2] == ("configs", "experiments"):
+        candidate = repo / given
+    else:
+        candidate = root / given
+    candidate = candidate.resolve()
+    available = sorted(p.name for p in root.glob("*.y*ml")) if root.is_dir() else []
+    if root not in candidate.parents or candidate.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"experiment config {value!r} is not a YAML file in {root} "
+                          f"(${EXPERIMENTS_DIR_ENV} sets that folder); available: {available}")
+    if not candidate.is_file():
+        raise ConfigError(f"no experiment config {value!r} in {root}; available: {available}")
+    return str(candidate)
+
+
+def check_trigger_keys(conf: dict | None, known: list[str]) -> None:
+    """A trigger conf key that is neither a DAG param nor a deployment setting is a ConfigError
+    naming it (with the closest known key) and listing the known ones."""
+    import difflib
+
+    from fgpo_tasks.errors import ConfigError
+
+    allowed = sorted(set(known) | set(DEPLOYMENT_KEYS))
+    unknown = sorted(set(conf or {}) - set(allowed))
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(f"unknown trigger key(s) {', '.join(hints)} in the run's conf; known keys: {allowed}")
+
+
 def step_run(context: Any = None) -> StepRun:
     """The running task's params (with deployment settings and any triggering annotation batches
-    applied), run key (the DAG run id) and timestamp (the run's logical date, else run_after)."""
+    applied), run key (the DAG run id) and timestamp (the run's logical date, else run_after).
+
+    A run triggered by annotation batches uses the profile in Variable ``fgpo_retrain_profile``
+    (default ``demo``) unless its conf names one. A conf key the DAG does not know fails the task
+    with a ConfigError naming it."""
     if context is None:
         from airflow.sdk import get_current_context
 
         context = get_current_context()
+    dag_run = context["dag_run"]
+    conf = dict(getattr(dag_run, "conf", None) or {})
+    dag = context.get("dag")
+    if dag is not None and getattr(dag, "params", None) is not None:
+        check_trigger_keys(conf, list(dag.params))
     params = dict(context["params"])
     batches = latest_annotation_event(context)
     if batches:
@@ -118,12 +186,14 @@ def step_run(context: Any = None) -> StepRun:
         # fgpo_tasks' scoring cache makes only the new pairs cost scoring time.
         params["source"] = list(batches["batches"])
         params["format"] = [batches["format"]]
-        log.info("triggered by annotation batches: %d landed, %d new", len(batches["batches"]),
-                 len(batches.get("new", [])))
+        if "profile" not in conf:
+            params["profile"] = _variable(RETRAIN_PROFILE_VAR) or DEFAULT_RETRAIN_PROFILE
+        log.info("triggered by annotation batches: %d landed, %d new; profile %r (Variable %s)",
+                 len(batches["batches"]), len(batches.get("new", [])), params.get("profile"),
+                 RETRAIN_PROFILE_VAR)
     for key, value in (("tracking_uri", tracking_uri()), ("storage_root", storage_root())):
         if value and not params.get(key):
             params[key] = value
-    dag_run = context["dag_run"]
     when = dag_run.logical_date or dag_run.run_after
     return StepRun(params=params, run_key=context["run_id"], created_at=when.isoformat())
 
