@@ -20,7 +20,7 @@ from fgpo_tasks.env import setup_environment
 from fgpo_tasks.errors import FgpoError
 
 # Pipeline order for --help; commands not listed here follow alphabetically.
-ORDER = ["ingest", "validate", "reward_models", "score", "select", "export", "sft", "train_dpo",
+ORDER = ["ingest", "validate", "reward_models", "rm_eval", "score", "select", "export", "sft", "train_dpo",
          "evaluate", "register", "pipeline", "experiment"]
 
 
