@@ -180,6 +180,13 @@ def collate(tokens: PairTokens, idx, pad_id: int, ref: tuple[np.ndarray, np.ndar
         attention[row, :len(s)] = 1
         response[row, start:len(s)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
+    return _with_pair_values(batch, idx, ref, pd_values)
+
+
+def _with_pair_values(batch: dict, idx, ref, pd_values) -> dict:
+    """Add the per-pair values of a batch (cached reference log-probs, PD for DFPO) to it."""
+    import torch
+
     if ref is not None:
         batch["ref_chosen"] = torch.from_numpy(ref[0][idx])
         batch["ref_rejected"] = torch.from_numpy(ref[1][idx])
@@ -206,9 +213,4 @@ def collate_packed(tokens: PairTokens, idx, pad_id: int, ref: tuple[np.ndarray, 
     response = (positions >= torch.tensor(resp_start)[seq_index]).long()
     batch = {"input_ids": ids, "position_ids": positions, "response_mask": response, "seq_index": seq_index,
              "response_tokens": torch.tensor([len(s) - st for s, st in zip(seqs, resp_start)])}
-    if ref is not None:
-        batch["ref_chosen"] = torch.from_numpy(ref[0][idx])
-        batch["ref_rejected"] = torch.from_numpy(ref[1][idx])
-    if pd_values is not None:
-        batch["pd"] = torch.from_numpy(pd_values[idx])
-    return batch
+    return _with_pair_values(batch, idx, ref, pd_values)
