@@ -35,9 +35,11 @@ airflow-stop:
 
 # The integration tests start a throwaway PostgreSQL themselves; ci-services.sh installs Debian's
 # package when it is missing and we are root (else those tests skip, saying why).
+# Then the live-scheduler test (tests/test_live_airflow.py, marked slow: about 3 minutes).
 test: venv
 	bash scripts/ci-services.sh
 	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q tests/test_live_airflow.py
 
 # The live-scheduler test: a real `airflow standalone` retrains twice on landed batches (minutes).
 test-live: venv

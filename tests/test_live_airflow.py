@@ -10,7 +10,7 @@ Then: two model versions carry the gate's verdict; mapped tasks are labelled by 
 MLflow link answers in the API server; successful tasks log no ERROR line; an idle ingest says
 why it skipped. Every process is stopped by process group, also when the test fails.
 
-Slow (several minutes on 2 CPU cores): not in `pytest -m "not slow"`; `.ci/run` runs it.
+Slow (several minutes on 2 CPU cores): not in `pytest -m "not slow"`; `make test` runs it after the default suite.
 """
 
 from __future__ import annotations
