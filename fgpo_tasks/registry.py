@@ -355,6 +355,17 @@ def registry_state(tracker: MlflowCalls, name: str, version: str) -> dict[str, A
             "run_key": mv.tags.get(RUN_KEY_TAG), "mlflow_run_id": mv.run_id}
 
 
+def _is_policy_dir(path: str) -> bool:
+    """A folder the evaluator can load: full weights or a LoRA adapter on a base it can find."""
+    from fgpo_tasks.errors import FgpoError
+    from fgpo_tasks.models import check_policy_dir
+    try:
+        check_policy_dir(path)
+        return True
+    except FgpoError:
+        return False
+
+
 def champion_model_dir(tracking_uri: str | None, name: str,
                        tracking: TrackingConfig | None = None) -> str | None:
     """The local folder of ``name``'s champion (tag ``fgpo.model_dir``) when it still exists.
@@ -367,7 +378,7 @@ def champion_model_dir(tracking_uri: str | None, name: str,
     if mv is None:
         return None
     path = mv.tags.get("fgpo.model_dir")
-    if path and (Path(path) / "config.json").is_file():
+    if path and _is_policy_dir(path):
         return path
     log.warning("champion v%s of %r has no local folder (%s): the evaluation runs against the reference "
                 "model, and the gate will refuse to promote on it", mv.version, name, path)

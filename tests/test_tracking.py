@@ -460,3 +460,26 @@ def test_a_profile_that_cannot_judge_the_data_fails_before_training():
         check_judges(pipeline_config({"profile": "demo"}), helpsteer)
     check_judges(pipeline_config({"profile": "helpsteer2"}), helpsteer)
     check_judges(pipeline_config({"profile": "demo"}), ["correctness", "politeness", "detail", "conciseness"])
+
+
+def test_an_adapter_only_champion_is_the_baseline(tmp_path):
+    """A LoRA champion (adapter_config.json and a base, no config.json) is found as the baseline;
+    a champion whose folder holds no model is not (the evaluation then runs against the reference)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from fgpo_tasks.registry import CHAMPION, champion_model_dir
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny-llama"}))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("lora-policy")
+    mv = client.create_model_version("lora-policy", source=str(adapter), tags={"fgpo.model_dir": str(adapter)})
+    client.set_registered_model_alias("lora-policy", CHAMPION, mv.version)
+    assert champion_model_dir(uri, "lora-policy") == str(adapter)
+
+    client.set_model_version_tag("lora-policy", mv.version, "fgpo.model_dir", str(tmp_path / "gone"))
+    assert champion_model_dir(uri, "lora-policy") is None
