@@ -346,7 +346,7 @@ def registry_state(tracker: MlflowCalls, name: str, version: str) -> dict[str, A
     champion = _champion(tracker, name)
     aliases = sorted(mv.aliases or [])
     passed = mv.tags.get(DONE_TAG)
-    now = (f"now champion" if CHAMPION in aliases else
+    now = ("now champion" if CHAMPION in aliases else
            f"champion now: version {champion['version']}" if champion else "no champion now")
     return {"model_name": name, "version": str(mv.version), "aliases": aliases,
             "promoted": CHAMPION in aliases, "champion_version": champion and champion["version"],
