@@ -98,7 +98,8 @@ class EvalConfig:
     dtype: str = field(default="auto", metadata={
         "help": "dtype of the policies (generation) and of the HF judges: auto (bf16 on a CUDA GPU that "
                 "has it, else fp32) | fp32 | bf16 | fp16"})
-    score_batch_size: int = field(default=8, metadata={"help": "responses per reward-model batch"})
+    score_batch_size: int = field(default=8, metadata={"help": "responses per reward-model batch",
+                                                       "inert": True})
     score_max_length: int = field(default=1024, metadata={
         "help": "HF reward models: prompt+response tokens kept (longer inputs are truncated)"})
     tie_tolerance: float = field(default=0.0, metadata={
@@ -113,7 +114,7 @@ class EvalConfig:
     generation_cache: bool = field(default=True, metadata={
         "help": "reuse a policy's responses to the same prompts under the same decoding settings "
                 "(the starting policy in every arm of an experiment, the champion on every retrain), "
-                "kept under <work>/cache/generations; false = always generate"})
+                "kept under <work>/cache/generations; false = always generate", "inert": True})
 
     def __post_init__(self):
         self.exclude_pairs = list(self.exclude_pairs)

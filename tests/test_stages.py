@@ -267,6 +267,10 @@ def test_inert_fields_do_not_change_a_stage_key_and_the_rest_do():
     assert {"embed_batch_size", "cache_dir"} <= stages.inert_fields(RewardModelConfig)
     assert "lr" in stages.result_fields(RewardModelConfig())
 
+    from fgpo_tasks.evaluate import EvalConfig
+    assert {"score_batch_size", "generation_cache"} <= stages.inert_fields(EvalConfig)
+    assert {"n_prompts", "max_new_tokens", "decoding"} <= set(stages.result_fields(EvalConfig()))
+
 
 def test_a_stage_code_version_follows_its_own_sources_only():
     assert stages.code_version("score") != stages.code_version("ingest")
