@@ -64,7 +64,7 @@ def test_training_raises_the_margin_and_saves_a_described_model(pairs_dir, tmp_p
 def test_reference_logps_are_cached_and_reused(pairs_dir, tmp_path, created_at, monkeypatch):
     cfg = DPOConfig(**FAST, max_steps=1, ref_cache_dir=str(tmp_path / "cache"))
     assert run_train_dpo(pairs_dir, tmp_path / "a", cfg, created_at)["ref_cache"] == "miss"
-    cached = list((tmp_path / "cache").glob("*.npz"))
+    cached = list((tmp_path / "cache").glob("*.arrow"))
     assert len(cached) == 1
 
     def no_reference(*args, **kwargs):

@@ -41,6 +41,10 @@ class DPOConfig:
     max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + response"})
     max_prompt_length: int = field(default=512, metadata={
         "help": "a too-long pair's prompt keeps its last max_prompt_length tokens; responses keep their start"})
+    token_store_dir: str | None = field(default=None, metadata={
+        "help": "root of the token stores (the pairs tokenised once into a memory-mapped Arrow file, "
+                "keyed by data, tokenizer and max lengths, shared by every process); default: "
+                "<work>/cache/token_store"})
     group_by_length: bool = field(default=True, metadata={
         "help": "sort pairs by length within blocks of 50 steps, so batches carry little padding"})
 
@@ -90,7 +94,8 @@ class DPOConfig:
     # Reference log-probs
     ref_batch_size: int = field(default=16, metadata={"help": "pairs per reference forward"})
     ref_cache_dir: str | None = field(default=None, metadata={
-        "help": "cache of reference log-probs; default: <work>/cache/ref_logps"})
+        "help": "folder of cached reference log-probs (<key>.arrow: pair_id, ref_chosen, ref_rejected); "
+                "default: the token store's ref/ folder"})
 
     # Logging and checkpoints
     logging_steps: int = field(default=10, metadata={"help": "log metrics every this many optimizer steps"})

@@ -37,14 +37,43 @@ class PairTokens:
                          for p, c, r in zip(self.prompt, self.chosen, self.rejected)], dtype=np.int64)
 
     def fingerprint(self) -> str:
-        """sha256 of every pair's token ids, independent of row order (pairs sorted by id)."""
-        h = hashlib.sha256()
-        for i in sorted(range(len(self)), key=self.pair_id.__getitem__):
-            h.update(self.pair_id[i].encode())
-            for ids in (self.prompt[i], self.chosen[i], self.rejected[i]):
-                h.update(np.asarray(ids, dtype=np.int64).tobytes())
-                h.update(b"|")
-        return h.hexdigest()
+        """sha256 of every pair's token ids, independent of row order (``tokens_fingerprint``)."""
+        return tokens_fingerprint(self.to_arrow())
+
+    def to_arrow(self):
+        """The pairs as an Arrow table: pair_id (string), prompt / chosen / rejected (list<int32>)."""
+        import pyarrow as pa
+
+        ids = pa.list_(pa.int32())
+        return pa.table({"pair_id": pa.array(self.pair_id, pa.string()), "prompt": pa.array(self.prompt, ids),
+                         "chosen": pa.array(self.chosen, ids), "rejected": pa.array(self.rejected, ids)})
+
+
+FINGERPRINT_VERSION = b"pair-tokens-v2"
+FINGERPRINT_ROWS = 1 << 16  # rows hashed per block: part of the definition, never change it alone
+
+
+def tokens_fingerprint(table) -> str:
+    """sha256 of the pairs' token ids in an Arrow table (pair_id, prompt, chosen, rejected),
+    independent of row order: rows sorted by pair_id, then per block of FINGERPRINT_ROWS rows each
+    column's lengths (int64) and values (utf-8 bytes, int32 ids). Vectorised: a memory-mapped
+    store of a million pairs hashes in seconds, and an in-memory PairTokens hashes the same."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    h = hashlib.sha256(FINGERPRINT_VERSION)
+    order = pc.sort_indices(table["pair_id"]) if table.num_rows else pa.array([], pa.int64())
+    for start in range(0, table.num_rows, FINGERPRINT_ROWS):
+        part = table.take(order[start:start + FINGERPRINT_ROWS])
+        for name in ("pair_id", "prompt", "chosen", "rejected"):
+            col = part[name].combine_chunks()
+            if name == "pair_id":
+                h.update(pc.binary_length(col).to_numpy().astype(np.int64).tobytes())
+                h.update("".join(col.to_pylist()).encode())
+            else:
+                h.update(pc.list_value_length(col).to_numpy().astype(np.int64).tobytes())
+                h.update(col.flatten().to_numpy().astype(np.int32).tobytes())
+    return h.hexdigest()
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -78,17 +107,27 @@ def _conversation(row) -> list[dict]:
     return [{"role": "user", "content": row["prompt"]}]
 
 
+TOKENIZE_VERSION = "tokenize-v1"  # bump when the tokens tokenize_rows makes change for the same inputs
+
+
 def tokenize_pairs(df: pd.DataFrame, tokenizer, max_length: int, max_prompt_length: int) -> PairTokens:
-    """Token ids of every pair, as TRL's DPOTrainer builds them, then truncated.
+    """Token ids of every pair of a table (``tokenize_rows`` on its rows)."""
+    return tokenize_rows(df.to_dict(orient="records"), tokenizer, max_length, max_prompt_length)
+
+
+def tokenize_rows(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int,
+                  quiet: bool = False) -> PairTokens:
+    """Token ids of pairs (dicts with pair_id, prompt, chosen, rejected, optional prompt_messages),
+    as TRL's DPOTrainer builds them, then truncated.
 
     With a chat template: the prompt is the conversation (``prompt_messages``, else the prompt text
     as one user turn) rendered with the generation prompt, and each response is an assistant turn
     appended to it. Without one: plain text, with EOS appended to each response. Either way the
     response starts where the tokenised prompt and prompt+response first differ (TRL 1.16,
     ``DPOTrainer._prepare_dataset``), so a template that renders the prompt differently alone
-    cannot shift the mask.
+    cannot shift the mask. Each row is tokenised on its own, so any split into batches gives the
+    same tokens (the token store tokenises in batches).
     """
-    rows = df.to_dict(orient="records")
     if getattr(tokenizer, "chat_template", None):
         prompts, chosen, rejected = [], [], []
         for row in rows:
@@ -116,7 +155,7 @@ def tokenize_pairs(df: pd.DataFrame, tokenizer, max_length: int, max_prompt_leng
         out.prompt.append(tp)
         out.chosen.append(tc)
         out.rejected.append(tr)
-    if out.n_truncated:
+    if out.n_truncated and not quiet:
         log.info("truncated %d of %d pairs to max_length=%d (prompt keeps its end, responses their start)",
                  out.n_truncated, len(out), max_length)
     return out

@@ -4,7 +4,9 @@ The cache key is sha256 of the reference model's weight files (a hub id resolved
 snapshot first, never its name), the pairs' token ids (which fold in the tokenizer, chat template
 and max lengths), the precision and the torch / transformers versions, so a retrain on the same
 pairs reuses the numbers and a change in any input computes them afresh. A cache file holds
-pair_id, ref_chosen and ref_rejected (float32) as .npz: no pickle.
+pair_id, ref_chosen and ref_rejected (float32) in the pairs' order as an uncompressed Arrow IPC
+file (``<key>.arrow``, by default in the token store's ``ref/`` folder: the store's reference
+columns), memory-mapped when read; ``.npz`` files of earlier versions still load. No pickle.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from fgpo_tasks import jsonio
 from fgpo_tasks import models
-from fgpo_tasks.dpo.data import PairTokens, collate
+from fgpo_tasks.dpo.data import collate
 from fgpo_tasks.provenance import file_fingerprint, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -88,29 +90,67 @@ def library_versions() -> str:
     return f"torch={torch.__version__};transformers={transformers.__version__}"
 
 
-def cache_key(ref_fingerprint: str, tokens: PairTokens, precision: str) -> str:
+def cache_key(ref_fingerprint: str, tokens, precision: str) -> str:
+    """Key of the reference log-probs of ``tokens`` (PairTokens or a TokenStore)."""
     return sha256_hex(CACHE_VERSION, ref_fingerprint, tokens.fingerprint(), precision, library_versions())[:32]
 
 
-def load(path: Path, tokens: PairTokens) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ref_chosen, ref_rejected) in the order of ``tokens``, or None when the file is absent."""
+def _pair_ids(tokens):
+    """The pair ids of ``tokens`` as an Arrow (chunked) array, without a Python list for a store."""
+    import pyarrow as pa
+
+    ids = tokens.pair_id
+    return ids.to_arrow() if hasattr(ids, "to_arrow") else pa.array(ids, pa.string())
+
+
+def load(path: Path, tokens) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ref_chosen, ref_rejected) in the order of ``tokens``, or None when the file is absent or
+    does not cover every pair. An Arrow file in the same row order is read without copying."""
+    import pyarrow as pa
+
+    path = Path(path)
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as f:
-        where = {pid: i for i, pid in enumerate(f["pair_id"].tolist())}
-        order = np.array([where[p] for p in tokens.pair_id])
-        return f["ref_chosen"][order], f["ref_rejected"][order]
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            ids, chosen, rejected = pa.array(f["pair_id"].tolist(), pa.string()), f["ref_chosen"], f["ref_rejected"]
+    else:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        ids = table["pair_id"]
+        chosen, rejected = (table[c].to_numpy() for c in ("ref_chosen", "ref_rejected"))
+    ids, wanted = _chunked(ids), _chunked(_pair_ids(tokens))
+    if ids.equals(wanted):  # the same rows in the same order: no copy, no index
+        return chosen, rejected
+    import pandas as pd
+
+    order = pd.Index(ids.to_numpy(zero_copy_only=False)).get_indexer(wanted.to_numpy(zero_copy_only=False))
+    if (order < 0).any():
+        log.warning("%s lacks %d of %d pairs; computing the reference log-probs afresh",
+                    path, int((order < 0).sum()), len(order))
+        return None
+    return chosen[order], rejected[order]
 
 
-def save(path: Path, tokens: PairTokens, chosen: np.ndarray, rejected: np.ndarray) -> None:
+def _chunked(array):
+    import pyarrow as pa
+    return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
+
+
+def save(path: Path, tokens, chosen: np.ndarray, rejected: np.ndarray) -> None:
+    """Write the columns atomically (a reader sees the whole file or none)."""
+    import pyarrow as pa
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, pair_id=np.array(tokens.pair_id), ref_chosen=chosen.astype(np.float32),
-             ref_rejected=rejected.astype(np.float32))
-    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    table = pa.table({"pair_id": _pair_ids(tokens), "ref_chosen": pa.array(np.asarray(chosen, np.float32)),
+                      "ref_rejected": pa.array(np.asarray(rejected, np.float32))})
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 16)
+    os.replace(tmp, path)
 
 
-def compute(logps_model, tokens: PairTokens, accelerator, batch_size: int, pad_id: int,
+def compute(logps_model, tokens, accelerator, batch_size: int, pad_id: int,
             show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Summed response log-probs of every pair under ``logps_model`` (a SequenceLogps, possibly
     prepared by accelerate), batched by length; each process scores a share, all get the whole."""
@@ -127,7 +167,7 @@ def compute(logps_model, tokens: PairTokens, accelerator, batch_size: int, pad_i
             for i in range(0, len(order), per_round)]
     was_training = logps_model.training
     logps_model.eval()
-    results: list[tuple[int, float, float]] = []
+    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (pair indices, chosen, rejected) per batch
     with torch.no_grad():
         for idx in tqdm(mine, desc="reference log-probs", disable=not (show_progress and accelerator.is_main_process)):
             batch = collate(tokens, idx, pad_id)
@@ -135,10 +175,10 @@ def compute(logps_model, tokens: PairTokens, accelerator, batch_size: int, pad_i
             with accelerator.autocast():
                 logps = logps_model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
             logps = logps.float().cpu().numpy()
-            results += [(int(i), float(c), float(r)) for i, c, r in zip(idx, logps[:len(idx)], logps[len(idx):])]
+            results.append((np.asarray(idx), logps[:len(idx)], logps[len(idx):]))
     logps_model.train(was_training)
     chosen = np.zeros(len(tokens), dtype=np.float32)
     rejected = np.zeros(len(tokens), dtype=np.float32)
-    for i, c, r in gather_object(results):
+    for i, c, r in gather_object(results):  # padded rounds repeat pairs: same values
         chosen[i], rejected[i] = c, r
     return chosen, rejected

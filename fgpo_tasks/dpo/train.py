@@ -3,8 +3,9 @@
     run_train_dpo(data_dir, out_dir, config, created_at)
 
 1. check the config's model paths and read the pairs (fail before any work);
-2. tokenise (chat template when the tokenizer has one), truncate keeping the response;
-3. reference log-probs: from the on-disk cache, else computed once, batched by length
+2. tokenise (chat template when the tokenizer has one), truncate keeping the response, into the
+   token store (``tokenstore``: built once by the local main process, memory-mapped by all);
+3. reference log-probs: from the store's reference columns, else computed once, batched by length
    (a separate reference model is loaded, used and freed before the policy is trained);
 4. the loop: length-grouped steps in an order fixed by (seed, epoch), gradient accumulation,
    clipping, schedule; TRL's metric names every ``logging_steps``; ``accelerator.save_state``
@@ -36,7 +37,7 @@ from fgpo_tasks import jsonio
 from fgpo_tasks import models
 from fgpo_tasks.config import to_dict
 from fgpo_tasks.contract import content_fingerprint, read_pairs
-from fgpo_tasks.dpo import data, refcache
+from fgpo_tasks.dpo import data, refcache, tokenstore
 from fgpo_tasks.dpo.config import DPOConfig
 from fgpo_tasks.dpo.losses import SequenceLogps, preference_loss, sft_loss
 from fgpo_tasks.errors import ConfigError, InputError
@@ -355,7 +356,9 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
 
     # -- 2. Tokens --------------------------------------------------------------------------------
     tokenizer = models.load_tokenizer(config.model)
-    tokens = data.tokenize_pairs(df, tokenizer, config.max_length, config.max_prompt_length)
+    tokens = tokenstore.prepare(data_dir, tokenizer, config.max_length, config.max_prompt_length,
+                                config.token_store_dir, accelerator)
+    assert len(tokens) == len(df), f"token store {tokens.path} holds {len(tokens)} pairs, the data {len(df)}"
     lengths = tokens.lengths()
     step_pairs = config.batch_size * config.grad_accum * accelerator.num_processes
     steps_per_epoch = math.ceil(len(tokens) / step_pairs)
@@ -365,10 +368,10 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     # -- 3. Reference log-probs: cache, else a separate reference model now, else the policy below -
     policy_dtype = models.dtype_name(config.dtype)
     ref_dtype = models.dtype_name(config.ref_dtype or config.dtype)
-    cache_dir = Path(config.ref_cache_dir) if config.ref_cache_dir else refcache.default_dir()
+    cache_dir = Path(config.ref_cache_dir) if config.ref_cache_dir else refcache.default_dir()  # + weight hashes
     ref_key = refcache.cache_key(refcache.model_fingerprint(config.reference, cache_dir), tokens,
                                  precision_key(ref_dtype, bf16))
-    cache_file = cache_dir / f"{ref_key}.npz"
+    cache_file = cache_dir / f"{ref_key}.arrow" if config.ref_cache_dir else tokens.ref_file(ref_key)
     ref_clock = DeviceClock(accelerator.device)
     ref = refcache.load(cache_file, tokens)
     ref_cache = "hit" if ref is not None else "miss"
