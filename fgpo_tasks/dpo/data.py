@@ -77,6 +77,9 @@ def tokens_fingerprint(table) -> str:
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
+    m = min(len(a), len(b))
+    if a[:m] == b[:m]:  # the usual case (the prompt is a prefix of prompt + response), compared in C
+        return m
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -129,14 +132,11 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int, max_prompt_lengt
     same tokens (the token store tokenises in batches).
     """
     if getattr(tokenizer, "chat_template", None):
-        prompts, chosen, rejected = [], [], []
-        for row in rows:
-            conv = _conversation(row)
-            prompts.append(tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True))
-            chosen.append(tokenizer.apply_chat_template(
-                conv + [{"role": "assistant", "content": row["chosen"]}], tokenize=False))
-            rejected.append(tokenizer.apply_chat_template(
-                conv + [{"role": "assistant", "content": row["rejected"]}], tokenize=False))
+        convs = [_conversation(row) for row in rows]
+        render = lambda cs, **kw: tokenizer.apply_chat_template(cs, tokenize=False, **kw) if cs else []  # noqa: E731
+        prompts = render(convs, add_generation_prompt=True)  # one batched call renders each conversation
+        chosen = render([c + [{"role": "assistant", "content": r["chosen"]}] for c, r in zip(convs, rows)])
+        rejected = render([c + [{"role": "assistant", "content": r["rejected"]}] for c, r in zip(convs, rows)])
         special = False  # the template writes its own special tokens
     else:
         eos = tokenizer.eos_token or ""
