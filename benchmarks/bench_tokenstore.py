@@ -34,7 +34,8 @@ WORDS = ("the a model answer question data pair token quick brown fox jumps over
          "honest short long river city table light sound paper stone green water music winter").split()
 # Runs one command and prints its peak RSS: RUSAGE_CHILDREN of a process whose only child is it.
 WRAPPER = ("import json, resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-           "print(json.dumps({'rc': rc, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))")
+           "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+           "print(json.dumps({'rc': rc, 'peak_rss_mb': u.ru_maxrss / 1024, 'cpu_s': u.ru_utime + u.ru_stime}))")
 
 
 def make_pairs(n: int, out: Path, seed: int = 0) -> None:
@@ -71,8 +72,9 @@ def child_build(data: Path, root: Path, tokenizer_spec: str, max_length: int) ->
 
     tok = models.load_tokenizer(tokenizer_spec)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     store = tokenstore.prepare(data, tok, max_length, max_length // 2, root)
-    build_s = time.perf_counter() - t0
+    build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert store.built
     rng = np.random.default_rng(0)
     chosen, rejected = rng.normal(-50, 5, len(store)), rng.normal(-60, 5, len(store))
@@ -82,7 +84,7 @@ def child_build(data: Path, root: Path, tokenizer_spec: str, max_length: int) ->
     ref_s = time.perf_counter() - t0
     assert np.array_equal(back[0], chosen.astype(np.float32))
     tokens = sum(pc.sum(pc.list_value_length(store.table[name])).as_py() for name in ("prompt", "chosen", "rejected"))
-    return {"build_s": build_s, "ref_s": ref_s, "pairs": len(store), "tokens": int(tokens),
+    return {"build_s": build_s, "build_cpu_s": build_cpu, "ref_s": ref_s, "pairs": len(store), "tokens": int(tokens),
         "store_mb": (store.path / tokenstore.TOKENS_FILE).stat().st_size / 2**20,
         "mean_length": float(store.lengths().mean())}
 
@@ -107,7 +109,7 @@ def child_reuse(data: Path, root: Path, tokenizer_spec: str, max_length: int) ->
 
 
 def measure(argv: list[str], env: dict) -> tuple[dict, float, float]:
-    """(the child's JSON result, wall seconds, peak RSS MB) of one child process."""
+    """(the child's JSON result + its cpu_s, wall seconds, peak RSS MB) of one child process."""
     result = Path(argv[argv.index("--result") + 1])
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, __file__, *argv], env=env, cwd=REPO,
@@ -116,7 +118,7 @@ def measure(argv: list[str], env: dict) -> tuple[dict, float, float]:
     usage = json.loads(out.stdout.strip().splitlines()[-1])
     if usage["rc"] != 0:
         raise RuntimeError(f"{argv} failed:\n{out.stderr[-3000:]}")
-    return json.loads(result.read_text()), wall, usage["peak_rss_mb"]
+    return {**json.loads(result.read_text()), "cpu_s": usage["cpu_s"]}, wall, usage["peak_rss_mb"]
 
 
 def main() -> None:
@@ -157,14 +159,14 @@ def main() -> None:
         b, build_wall, build_rss = measure(["--child", "build", *common, "--result", str(work / "r-build.json")], env)
         print(f"{n} pairs: store built in {build_wall:.1f} s, peak RSS {build_rss:.0f} MB", flush=True)
         r, reuse_wall, reuse_rss = measure(["--child", "reuse", *common, "--result", str(work / "r-reuse.json")], env)
-        builds[n] = b["build_s"]
-        rows.append([f"{n:,}", b["tokens"] / 1e6,
-                     b["mean_length"], build_wall, b["build_s"], n / b["build_s"], int(build_rss), b["store_mb"],
-                     b["ref_s"], r["open_s"], int(reuse_rss), r["collate_ms"], make_wall])
+        builds[n] = b["build_cpu_s"]
+        rows.append([f"{n:,}", b["tokens"] / 1e6, b["mean_length"], build_wall, b["build_s"], b["build_cpu_s"],
+                     b["build_cpu_s"] / n * 1e6, int(build_rss), b["store_mb"], b["ref_s"], r["open_s"],
+                     int(reuse_rss), r["collate_ms"], make_wall])
     sizes = sorted(builds)
-    ratios = [f"{sizes[i]:,} -> {sizes[i + 1]:,}: {builds[sizes[i + 1]] / builds[sizes[i]]:.2f}x the time for "
+    ratios = [f"{sizes[i]:,} -> {sizes[i + 1]:,}: {builds[sizes[i + 1]] / builds[sizes[i]]:.2f}x the CPU time for "
               f"{sizes[i + 1] / sizes[i]:.0f}x the pairs" for i in range(len(sizes) - 1)]
-    peak = max(int(r[6]) for r in rows)
+    peak = max(max(int(r[7]), int(r[11])) for r in rows)
     shown = [a for a in sys.argv[1:] if a != "--no-write"]
     lines = [
         f"## DPO token store: pairs tokenised once, memory-mapped ({args.tokenizer} tokenizer)", "",
@@ -174,11 +176,12 @@ def main() -> None:
         f"Machine: {machine()} (shared with other jobs). Each column is one process; peak RSS is its maximum "
         f"resident set (getrusage RUSAGE_CHILDREN of a wrapper around it), memory-mapped pages it touched included.", "",
         "build: `tokenstore.prepare` cold (read Parquet in batches of 8,192 rows, tokenise, write the Arrow "
-        "file, fingerprint the tokens; wall s includes Python start-up and imports); ref s: the reference "
+        "file, fingerprint the tokens; wall s includes Python start-up and imports; CPU s is the process's
+own CPU time, the cost to compare on a machine other jobs share); ref s: the reference "
         "pass's columns written and read back; reuse: `prepare` again (what a rerun, a resume or a second rank "
         "does: key, open, memory-map), then 2,000 padded batches of 8 pairs collated from the map.", "",
-        markdown_table(["pairs", "M tokens", "mean pair length", "build wall s", "build s", "pairs/s",
-                        "build peak RSS MB", "store MB", "ref cols s", "reuse s", "reuse peak RSS MB",
+        markdown_table(["pairs", "M tokens", "mean pair length", "build wall s", "build s", "build CPU s",
+                        "CPU us/pair", "build peak RSS MB", "store MB", "ref cols s", "reuse s", "reuse peak RSS MB",
                         "collate ms/batch", "parquet s"], rows), "",
         f"Peak RSS of any step: {peak:,} MB (goal <= {GOAL_MB:,} MB: {'met' if peak <= GOAL_MB else 'NOT met'}). "
         "Cost in pairs: " + "; ".join(ratios) + ".",

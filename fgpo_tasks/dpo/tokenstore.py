@@ -69,21 +69,36 @@ def schema():
                       ("length", pa.int32())])
 
 
+TOKENIZER_FILE_WORDS = ("token", "vocab", "merges", "chat_template", "spiece", "sentencepiece")
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of everything of a tokenizer that can change the token ids: its serialised form
-    (vocabulary, merges, normalizer, pre-tokenizer, post-processor, added tokens), chat template
-    and special tokens; a tokenizer without a Rust backend is saved and its files hashed."""
+    """sha256 of everything of a tokenizer that can change the token ids: the files it was loaded
+    from (vocabulary, merges, config, chat template), then the live object's chat template,
+    special and added tokens, and its Rust pipeline (normalizer, pre-tokenizer, post-processor,
+    decoder), so a change made in code after loading counts too. A tokenizer built in code (no
+    folder) is hashed from its whole serialised form; one without a Rust backend is saved and its
+    files hashed."""
+    template = getattr(tokenizer, "chat_template", None)
+    special = sorted((k, str(v)) for k, v in getattr(tokenizer, "special_tokens_map", {}).items())
+    added = sorted((int(i), str(t)) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items())
+    parts = [type(tokenizer).__name__, jsonio.dumps(template), jsonio.dumps(special), jsonio.dumps(added),
+             str(len(tokenizer)), str(getattr(tokenizer, "eos_token", None))]
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or "."))
+    files = sorted(f for f in folder.iterdir() if f.is_file() and any(w in f.name for w in TOKENIZER_FILE_WORDS)) \
+        if str(folder) != "." and folder.is_dir() else []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        body = backend.to_str()
+    if backend is not None and files:
+        parts += [f"{f.name}:{file_fingerprint(f)}" for f in files]
+        parts += [c.__getstate__().decode() if c is not None else "-"
+                  for c in (backend.normalizer, backend.pre_tokenizer, backend.post_processor, backend.decoder)]
+    elif backend is not None:
+        parts.append(backend.to_str())
     else:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save_pretrained(tmp)
-            body = file_fingerprint(tmp)
-    template = getattr(tokenizer, "chat_template", None)
-    special = sorted((k, str(v)) for k, v in getattr(tokenizer, "special_tokens_map", {}).items())
-    return sha256_hex(type(tokenizer).__name__, body, jsonio.dumps(template), jsonio.dumps(special),
-                      str(getattr(tokenizer, "eos_token", None)))
+            parts.append(file_fingerprint(tmp))
+    return sha256_hex(*parts)
 
 
 def library_versions() -> str:
