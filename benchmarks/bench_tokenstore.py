@@ -176,8 +176,8 @@ def main() -> None:
         f"Machine: {machine()} (shared with other jobs). Each column is one process; peak RSS is its maximum "
         f"resident set (getrusage RUSAGE_CHILDREN of a wrapper around it), memory-mapped pages it touched included.", "",
         "build: `tokenstore.prepare` cold (read Parquet in batches of 8,192 rows, tokenise, write the Arrow "
-        "file, fingerprint the tokens; wall s includes Python start-up and imports; CPU s is the process's
-own CPU time, the cost to compare on a machine other jobs share); ref s: the reference "
+        "file, fingerprint the tokens; wall s includes Python start-up and imports; CPU s is the "
+        "process's own CPU time, the cost to compare on a machine other jobs share); ref cols s: the reference "
         "pass's columns written and read back; reuse: `prepare` again (what a rerun, a resume or a second rank "
         "does: key, open, memory-map), then 2,000 padded batches of 8 pairs collated from the map.", "",
         markdown_table(["pairs", "M tokens", "mean pair length", "build wall s", "build s", "build CPU s",
