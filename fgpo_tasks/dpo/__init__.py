@@ -1,7 +1,9 @@
 """DPO-family training (DPO, IPO, conservative DPO, DFPO) on Hugging Face Accelerate.
 
-``config.py`` the stage's config, ``data.py`` tokens and batches, ``losses.py`` log-probs and
-losses, ``refcache.py`` the reference log-prob cache, ``train.py`` the loop, top to bottom.
+``config.py`` the stage's config, ``data.py`` tokens and batches, ``tokenstore.py`` the pairs
+tokenised once into a memory-mapped Arrow file shared by every process, ``losses.py`` log-probs and
+losses, ``refcache.py`` the reference log-probs (Arrow columns beside the token store),
+``train.py`` the loop, top to bottom.
 """
 
 from fgpo_tasks.dpo.config import DPOConfig
