@@ -278,10 +278,14 @@ def step_score(params: dict, run_key: str, created_at: str, data: str, reward_mo
     res = run.result
     out = Path(res["scores"])
     result = {"scores": res["scores"], "scored": res.get("scored", {}), "from_cache": res.get("from_cache", {}),
+              "selection_confidence": res.get("selection_confidence"),
               **{k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     return _use(cfg, run_key, "score", [run], result,
-                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=res, tags=_stage_tags([run]),
-                                            artifacts=[out / "manifest.json", out / "reports"]))
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=res,
+                                            tags={**_stage_tags([run]),
+                                                  "selection_confidence": str(res.get("selection_confidence"))},
+                                            artifacts=[out / "manifest.json", out / "selection_confidence.json",
+                                                       out / "reports"]))
 
 
 def step_select(params: dict, run_key: str, created_at: str, data: str, scores: str) -> dict:
@@ -296,11 +300,27 @@ def step_select(params: dict, run_key: str, created_at: str, data: str, scores: 
     config = _stage_config(cfg, "select", SelectConfig, strategy=cfg.strategy, budget=cfg.budget,
                            unified_model=unified)
     run = workflow.select(_store(cfg), scores, data, config, created_at)
-    out = Path(run.result["data"])
-    return _use(cfg, run_key, "select", [run], {"data": str(out), "selected": run.result["selected"]},
-                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=run.result["metrics"],
-                                            tags=_stage_tags([run]), artifacts=[out / "manifest.json", out / "reports"],
-                                            datasets=[(out, "training")]))
+    res = run.result
+    out = Path(res["data"])
+    # the verdict is in every run: the step result, the select stage run and the pipeline run
+    verdict = res.get("selection_confidence") or res["metrics"].get("selection_confidence") or "unknown"
+    action = res.get("confidence_action") or res["metrics"].get("confidence_action")
+    result = {"data": str(out), "selected": res["selected"], "selection_confidence": verdict,
+              "confidence_action": action, "strategy": res.get("strategy") or config.strategy,
+              "requested_strategy": res.get("requested_strategy") or config.strategy,
+              **{k: v for k, v in res["metrics"].items() if k.startswith("confidence.")}}
+    tags = {"selection_confidence": verdict, "fgpo.confidence_action": str(action),
+            "fgpo.selected_strategy": result["strategy"]}
+
+    def log_fn(name, computed):
+        run_id = _log(cfg, run_key, name, config=config, metrics=res["metrics"],
+                      tags={**_stage_tags([run]), **tags}, artifacts=[out / "manifest.json", out / "reports"],
+                      datasets=[(out, "training")])
+        tracker = _tracker(cfg, run_key)
+        tracker.set_tags(tracker.parent_run_id, tags)
+        return run_id
+
+    return _use(cfg, run_key, "select", [run], result, log_fn)
 
 
 def _unified_model(cfg: PipelineConfig, run_key: str) -> str | None:
