@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(os.environ.get("FGPO_PROFILES_DIR", REPO / "configs" / "pipeline"))
 STAGES = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate", "eval_reward_models")
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+ON_WEAK = ("warn", "fallback_ratings", "fail")  # fgpo_tasks.confidence.ON_WEAK
 
 
 @dataclass
@@ -52,6 +53,9 @@ class PipelineConfig:
         "help": "aspects to keep (empty: every aspect in the data)"})
     strategy: str = field(default="pd", metadata={"help": f"selection strategy: {STRATEGIES}"})
     budget: float = field(default=0.3, metadata={"help": "fraction of pairs kept by selection"})
+    on_weak_proxies: str | None = field(default=None, metadata={
+        "help": "what select does when no proxy beats chance (selection_confidence 'none'): warn, "
+                "fallback_ratings or fail (overrides the profile's select.on_weak_proxies)"})
     reward_backbone: str | None = field(default=None, metadata={
         "help": "proxy reward-model backbone spec (overrides the profile's reward_models.backbone)"})
     policy_model: str | None = field(default=None, metadata={
@@ -80,6 +84,8 @@ class PipelineConfig:
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         check(0.0 < self.budget <= 1.0, f"budget must be in (0, 1], got {self.budget}")
+        check(self.on_weak_proxies in (None, *ON_WEAK),
+              f"on_weak_proxies must be one of {list(ON_WEAK)} or null, got {self.on_weak_proxies!r}")
         check(len(self.format) in (1, len(self.source)) or not self.source,
               f"give one format for all sources or one per source; got {len(self.format)} formats "
               f"for {len(self.source)} sources")
@@ -298,7 +304,7 @@ def step_select(params: dict, run_key: str, created_at: str, data: str, scores: 
     if cfg.strategy == "raf":
         unified = _unified_model(cfg, run_key)
     config = _stage_config(cfg, "select", SelectConfig, strategy=cfg.strategy, budget=cfg.budget,
-                           unified_model=unified)
+                           unified_model=unified, on_weak_proxies=cfg.on_weak_proxies)
     run = workflow.select(_store(cfg), scores, data, config, created_at)
     res = run.result
     out = Path(res["data"])

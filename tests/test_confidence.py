@@ -328,3 +328,15 @@ def test_score_step_writes_the_report_and_the_review(tmp_path, created_at, one_t
     assert review["pd"][0] == pytest.approx(table["pd"].max())
     assert (tmp_path / "scores" / "reports" / conflicts.HTML_FILE).is_file()
     assert manifest["conflict_review"]["n_pairs"] == 7
+
+
+def test_the_pipeline_knob_overrides_the_profile_and_is_checked():
+    from fgpo_tasks import pipeline
+
+    cfg = pipeline.pipeline_config({"profile": "tiny", "on_weak_proxies": "fallback_ratings"})
+    assert cfg.on_weak_proxies == "fallback_ratings"
+    assert pipeline.pipeline_config({"profile": "tiny"}).on_weak_proxies is None  # the profile's (warn)
+    with pytest.raises(ConfigError, match="on_weak_proxies must be one of .* got 'sometimes'"):
+        pipeline.pipeline_config({"profile": "tiny", "on_weak_proxies": "sometimes"})
+    with pytest.raises(ConfigError, match="on_weak_proxies must be one of"):
+        SelectConfig(on_weak_proxies="sometimes")
