@@ -68,7 +68,7 @@ def _text(value, limit: int) -> str:
 
 
 def _num(v) -> str:
-    return "" if v is None or not np.isfinite(v) else f"{v:+.3f}"
+    return "" if v is None or not np.isfinite(v) else f"{v + 0.0:+.3f}"  # + 0.0: no "-0.000"
 
 
 def render_html(review: pd.DataFrame, aspects: list[str], title: str, snippet: int = 240) -> str:

@@ -324,6 +324,7 @@ def step_select(params: dict, run_key: str, created_at: str, data: str, scores: 
                       datasets=[(out, "training")])
         tracker = _tracker(cfg, run_key)
         tracker.set_tags(tracker.parent_run_id, tags)
+        tracker.log_metrics(tracker.parent_run_id, {k: v for k, v in result.items() if k.startswith("confidence.")})
         return run_id
 
     return _use(cfg, run_key, "select", [run], result, log_fn)

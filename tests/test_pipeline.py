@@ -74,11 +74,12 @@ def test_a_failed_step_retried_redoes_no_finished_stage_and_registers_once(tmp_p
     client = MlflowClient(params["tracking_uri"])
     select_run = client.get_run(result["select"]["mlflow_run_id"])
     assert select_run.data.tags["selection_confidence"] == verdict
-    assert "confidence.verdict_level" in select_run.data.metrics
+    assert "select.confidence.verdict_level" in select_run.data.metrics
     logged = {a.path for a in client.list_artifacts(result["score"]["mlflow_run_id"], "reports")}
     assert {"reports/conflicts.csv", "reports/conflicts.html"} <= logged
     parent = client.get_run(select_run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["selection_confidence"] == verdict
+    assert parent.data.metrics["confidence.verdict_level"] == {"ok": 2, "weak": 1, "none": 0}[verdict]
     summary = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_summary.py"), "--profile", "tiny",
                               "--storage-root", str(storage), "--tracking-uri", params["tracking_uri"]],
                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
