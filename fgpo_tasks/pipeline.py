@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(os.environ.get("FGPO_PROFILES_DIR", REPO / "configs" / "pipeline"))
 STAGES = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate", "eval_reward_models")
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+ON_WEAK = ("warn", "fallback_ratings", "fail")  # fgpo_tasks.confidence.ON_WEAK
 
 
 @dataclass
@@ -52,6 +53,9 @@ class PipelineConfig:
         "help": "aspects to keep (empty: every aspect in the data)"})
     strategy: str = field(default="pd", metadata={"help": f"selection strategy: {STRATEGIES}"})
     budget: float = field(default=0.3, metadata={"help": "fraction of pairs kept by selection"})
+    on_weak_proxies: str | None = field(default=None, metadata={
+        "help": "what select does when no proxy beats chance (selection_confidence 'none'): warn, "
+                "fallback_ratings or fail (overrides the profile's select.on_weak_proxies)"})
     reward_backbone: str | None = field(default=None, metadata={
         "help": "proxy reward-model backbone spec (overrides the profile's reward_models.backbone)"})
     policy_model: str | None = field(default=None, metadata={
@@ -80,6 +84,8 @@ class PipelineConfig:
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         check(0.0 < self.budget <= 1.0, f"budget must be in (0, 1], got {self.budget}")
+        check(self.on_weak_proxies in (None, *ON_WEAK),
+              f"on_weak_proxies must be one of {list(ON_WEAK)} or null, got {self.on_weak_proxies!r}")
         check(len(self.format) in (1, len(self.source)) or not self.source,
               f"give one format for all sources or one per source; got {len(self.format)} formats "
               f"for {len(self.source)} sources")
@@ -278,10 +284,14 @@ def step_score(params: dict, run_key: str, created_at: str, data: str, reward_mo
     res = run.result
     out = Path(res["scores"])
     result = {"scores": res["scores"], "scored": res.get("scored", {}), "from_cache": res.get("from_cache", {}),
+              "selection_confidence": res.get("selection_confidence"),
               **{k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     return _use(cfg, run_key, "score", [run], result,
-                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=res, tags=_stage_tags([run]),
-                                            artifacts=[out / "manifest.json", out / "reports"]))
+                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=res,
+                                            tags={**_stage_tags([run]),
+                                                  "selection_confidence": str(res.get("selection_confidence"))},
+                                            artifacts=[out / "manifest.json", out / "selection_confidence.json",
+                                                       out / "reports"]))
 
 
 def step_select(params: dict, run_key: str, created_at: str, data: str, scores: str) -> dict:
@@ -294,13 +304,30 @@ def step_select(params: dict, run_key: str, created_at: str, data: str, scores: 
     if cfg.strategy == "raf":
         unified = _unified_model(cfg, run_key)
     config = _stage_config(cfg, "select", SelectConfig, strategy=cfg.strategy, budget=cfg.budget,
-                           unified_model=unified)
+                           unified_model=unified, on_weak_proxies=cfg.on_weak_proxies)
     run = workflow.select(_store(cfg), scores, data, config, created_at)
-    out = Path(run.result["data"])
-    return _use(cfg, run_key, "select", [run], {"data": str(out), "selected": run.result["selected"]},
-                lambda name, computed: _log(cfg, run_key, name, config=config, metrics=run.result["metrics"],
-                                            tags=_stage_tags([run]), artifacts=[out / "manifest.json", out / "reports"],
-                                            datasets=[(out, "training")]))
+    res = run.result
+    out = Path(res["data"])
+    # the verdict is in every run: the step result, the select stage run and the pipeline run
+    verdict = res.get("selection_confidence") or res["metrics"].get("selection_confidence") or "unknown"
+    action = res.get("confidence_action") or res["metrics"].get("confidence_action")
+    result = {"data": str(out), "selected": res["selected"], "selection_confidence": verdict,
+              "confidence_action": action, "strategy": res.get("strategy") or config.strategy,
+              "requested_strategy": res.get("requested_strategy") or config.strategy,
+              **{k: v for k, v in res["metrics"].items() if k.startswith("confidence.")}}
+    tags = {"selection_confidence": verdict, "fgpo.confidence_action": str(action),
+            "fgpo.selected_strategy": result["strategy"]}
+
+    def log_fn(name, computed):
+        run_id = _log(cfg, run_key, name, config=config, metrics=res["metrics"],
+                      tags={**_stage_tags([run]), **tags}, artifacts=[out / "manifest.json", out / "reports"],
+                      datasets=[(out, "training")])
+        tracker = _tracker(cfg, run_key)
+        tracker.set_tags(tracker.parent_run_id, tags)
+        tracker.log_metrics(tracker.parent_run_id, {k: v for k, v in result.items() if k.startswith("confidence.")})
+        return run_id
+
+    return _use(cfg, run_key, "select", [run], result, log_fn)
 
 
 def _unified_model(cfg: PipelineConfig, run_key: str) -> str | None:

@@ -69,9 +69,27 @@ class ScoreConfig:
         "help": "embedding cache root for frozen models; default: the one each model was trained with",
         "inert": True})
     progress: bool = field(default=True, metadata={"help": "show progress bars", "inert": True})
+    confidence: dict = field(default_factory=dict, metadata={
+        "help": "thresholds of the selection_confidence verdict: fields of "
+                "fgpo_tasks.confidence.ConfidenceConfig (level, ok_mean_accuracy, ok_min_accuracy, "
+                "ok_conflict_auc, ok_spearman, min_rating_pairs); empty = the defaults"})
+    conflict_review_pairs: int = field(default=50, metadata={
+        "help": "the conflict review (reports/conflicts.csv, .html) lists this many pairs with the "
+                "most positive PD"})
 
     def __post_init__(self):
         check(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
+        check(self.conflict_review_pairs >= 1,
+              f"conflict_review_pairs must be >= 1, got {self.conflict_review_pairs}")
+        self.confidence_config()  # bad thresholds fail at config time, quoting the value
+
+    def confidence_config(self):
+        from fgpo_tasks.config import from_dict
+        from fgpo_tasks.confidence import ConfidenceConfig
+
+        if not isinstance(self.confidence, dict):
+            raise ConfigError(f"confidence must be a mapping of ConfidenceConfig fields, got {self.confidence!r}")
+        return from_dict(ConfidenceConfig, self.confidence, where="score [confidence]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,10 +324,11 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
     """Score PD for every pair of ``data_dir`` into out_dir/scores.parquet (+ manifest, reports).
 
     The reward models: every one under ``reward_models_dir``, or the folders ``model_dirs``."""
-    from fgpo_tasks import reports
+    from fgpo_tasks import confidence, conflicts, jsonio, reports
     from fgpo_tasks import reward_models as rm
 
     start = time.perf_counter()
+    models: list[dict] = []
     if model_dirs:
         reward_models_dir = None
     if reward_models_dir is None and not model_dirs and not config.from_ratings:
@@ -347,6 +366,8 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
     if source == "reward_models" and has_rating_pd:
         corr = rm.spearman(pd_values, pd_r)
     quantiles = {a: (float(v) if np.isfinite(v) else None) for a, v in zip(aspects, q)}
+    trust = confidence.selection_confidence(source, models, pd_values, pd_r if has_rating_pd else None,
+                                            config.confidence_config())
     metrics = {
         "n_pairs": int(len(df)), "source": source, "aspects": aspects,
         "quantiles": quantiles,
@@ -359,6 +380,8 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         "n_with_ratings_pd": int(np.isfinite(pd_r).sum()),
         "scored": {a: s["scored"] for a, s in stats.items()},
         "from_cache": {a: s["from_cache"] for a, s in stats.items()},
+        "selection_confidence": trust["verdict"],
+        **confidence.metrics(trust),
     }
     with atomic_dir(out_dir) as tmp:
         table.to_parquet(tmp / SCORES_FILE, index=False)
@@ -367,6 +390,10 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         if has_rating_pd and source == "reward_models":
             reports.conflict_matrix(df["aspect"].to_numpy(), r_scaled, r_aspects, tmp / "reports",
                                     name="conflict_matrix_ratings")
+        review = conflicts.write_conflict_review(df, table, aspects, tmp / "reports", config.conflict_review_pairs,
+                                                 title=f"Conflict review: the {config.conflict_review_pairs} "
+                                                       f"pairs with the most positive PD ({source})")
+        jsonio.write_json(tmp / confidence.REPORT_FILE, trust)
         contract.write_manifest(tmp, {
             "kind": "fgpo.scores", "stage": "score", "created_at": created_at,
             "code_version": code_version(), "config": to_dict(config), "source": source,
@@ -378,9 +405,13 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
             "row_counts": contract.counts(df),
             "columns": list(table.columns),
             "metrics": metrics,
+            "selection_confidence": trust,
+            "conflict_review": review,
         })
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics["out_dir"] = str(out_dir)
     log.info("scored %d pairs (%s): PD mean %s (%d without PD), Spearman vs ratings %s", len(df), source,
              metrics["pd_mean"], metrics["pd_missing"], corr)
+    (log.warning if trust["verdict"] == "none" else log.info)(
+        "selection confidence %r: %s", trust["verdict"], "; ".join(trust["reasons"]))
     return metrics

@@ -53,11 +53,18 @@ class SelectConfig:
         "help": "keep at most this many of the selected pairs: a seeded uniform sample of the "
                 "selection (a small-compute run trains on a sample of what the strategy chose, "
                 "not on a different ranking); null = no cap"})
+    on_weak_proxies: Literal["warn", "fallback_ratings", "fail"] = field(default="warn", metadata={
+        "help": "when the scores' selection_confidence verdict is 'none' (no proxy beats chance) and "
+                "the strategy ranks by proxy PD (pd, pd_high, pd_mid): warn (log it, select anyway), "
+                "fallback_ratings (pd becomes pd_ratings where the pool carries PD from ratings; "
+                "otherwise warn) or fail (stop with an error)"})
 
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         check(0.0 < self.budget <= 1.0, f"budget must be in (0, 1], got {self.budget}")
         check(self.max_pairs is None or self.max_pairs >= 1, f"max_pairs must be >= 1 or null, got {self.max_pairs}")
+        check(self.on_weak_proxies in ("warn", "fallback_ratings", "fail"),
+              f"on_weak_proxies must be one of ['warn', 'fallback_ratings', 'fail'], got {self.on_weak_proxies!r}")
 
 
 def cap_selection(selected: pd.DataFrame, max_pairs: int | None, seed: int) -> pd.DataFrame:
@@ -221,8 +228,14 @@ def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
 
 def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                config: SelectConfig, created_at: str) -> dict[str, Any]:
-    """Write the selected subset of ``data_dir`` (a contract pair dir) plus manifest and reports."""
-    from fgpo_tasks import reports
+    """Write the selected subset of ``data_dir`` (a contract pair dir) plus manifest and reports.
+
+    The scores' ``selection_confidence`` report decides, with ``config.on_weak_proxies``, whether
+    the strategy runs as asked (``fgpo_tasks.confidence.decide``); the manifest and the result
+    say the verdict, what was done, the strategy asked for and the one run."""
+    import dataclasses
+
+    from fgpo_tasks import confidence, reports
     from fgpo_tasks.scoring import read_scores
 
     start = time.perf_counter()
@@ -238,6 +251,20 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         scores = scores.drop_duplicates("pair_id").set_index("pair_id").loc[df["pair_id"]].reset_index()
     else:
         scores = pd.DataFrame({"pair_id": df["pair_id"]})
+    trust = s_manifest.get("selection_confidence")
+    has_ratings_pd = "pd_ratings" in scores and bool(np.isfinite(scores["pd_ratings"].to_numpy(dtype=float)).any())
+    requested = config.strategy
+    decision = confidence.decide(trust, requested, config.on_weak_proxies, has_ratings_pd)
+    if decision.message:
+        log.warning("%s", decision.message)
+    elif trust and trust.get("verdict") == "weak" and requested in confidence.PROXY_PD_STRATEGIES:
+        log.warning("selection confidence 'weak': %s", "; ".join(trust.get("reasons") or []))
+    asked = config
+    if decision.strategy != requested:
+        config = dataclasses.replace(config, strategy=decision.strategy)
+    confidence_facts = {"selection_confidence": trust.get("verdict") if trust else None,
+                        "confidence_action": decision.action, "requested_strategy": requested,
+                        "confidence_message": decision.message}
     if config.strategy in FULL_DATA and config.budget != 1.0:
         log.info("strategy %r keeps the whole pool: budget %s not applied", config.strategy, config.budget)
     selected, info = select_pairs(df, scores, config, s_manifest)
@@ -256,6 +283,8 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         "pd_threshold": cut if config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid") else None,
         "counts_before": before["per_aspect"], "counts_after": after["per_aspect"],
         **{k: v for k, v in info.items() if k != "threshold"},
+        **confidence_facts,
+        "confidence": trust,
     }
     with atomic_dir(out_dir) as tmp:
         contract.write_pair_table(selected, tmp)
@@ -271,7 +300,7 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         inputs = [{"path": str(data_dir), "fingerprint": contract.content_fingerprint(df)}]
         if s_manifest:
             inputs.append({"path": str(scores_dir), "fingerprint": s_manifest.get("fingerprint")})
-        manifest = contract.build_manifest(selected, stage="select", config=to_dict(config),
+        manifest = contract.build_manifest(selected, stage="select", config=to_dict(asked),
                                            created_at=created_at, inputs=inputs,
                                            extra={"selection": selection})
         contract.write_manifest(tmp, manifest)
@@ -281,4 +310,5 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
             "n_selected": int(len(selected)), "threshold": cut,
         "pd_threshold": cut if config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid") else None,
             "counts_after": after["per_aspect"], "code_version": code_version(),
+            **confidence_facts, **confidence.metrics(trust),
             "seconds": round(time.perf_counter() - start, 2)}

@@ -62,8 +62,8 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "embed": _RM + ("contract.py",),
     "reward_model": _RM + ("contract.py",),
     "eval_reward_model": _RM + ("contract.py",),
-    "score": ("scoring.py", "contract.py") + _RM,
-    "select": ("selection.py", "scoring.py", "contract.py") + _RM,
+    "score": ("scoring.py", "confidence.py", "conflicts.py", "contract.py") + _RM,
+    "select": ("selection.py", "scoring.py", "confidence.py", "contract.py") + _RM,
     "train_dpo": ("dpo", "contract.py") + _MODELS,
     "evaluate": ("evaluate.py", "contract.py", "synthetic.py") + _RM,
 }

@@ -230,6 +230,9 @@ def select(store: Store, scores: str | None, data: str, config, created_at: str)
         metrics = run_select(scores, data, out / "data", config, created_at)
         return {"data": str(out / "data"), "n_selected": metrics.get("n_selected"),
                 "selected": contract.read_manifest(out / "data").get("row_counts", {}).get("total"),
+                "strategy": metrics.get("strategy"), "requested_strategy": metrics.get("requested_strategy"),
+                "selection_confidence": metrics.get("selection_confidence"),
+                "confidence_action": metrics.get("confidence_action"),
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}}
 
     fields = result_fields(config)

@@ -1,5 +1,6 @@
 """Print what the last pipeline run produced: the registered model, its aliases, the headline
-figures, and the command that opens the MLflow UI on the run."""
+figures, how far its selection can be trusted (the selection_confidence verdict), and the command
+that opens the MLflow UI on the run."""
 
 from __future__ import annotations
 
@@ -10,16 +11,41 @@ from pathlib import Path
 from fgpo_tasks.pipeline import pipeline_config, run_dir, tracking_uri
 
 
+def latest_run(runs_root: Path) -> Path | None:
+    """The run folder (``<storage>/runs/<run key>``) whose registration finished last."""
+    done = sorted(runs_root.glob("*/register/*/step.json"), key=lambda p: p.stat().st_mtime)
+    return done[-1].parent.parent.parent if done else None
+
+
+def confidence_line(select: dict) -> str:
+    """One line: the verdict, and what select did about it."""
+    verdict = select.get("selection_confidence") or "unknown"
+    action = select.get("confidence_action")
+    asked, ran = select.get("requested_strategy"), select.get("strategy")
+    line = f"selection conf.  : {verdict}"
+    if select.get("confidence.mean_accuracy") is not None:
+        line += f" (proxies' mean held-out accuracy {select['confidence.mean_accuracy']:.3f})"
+    if action == "fallback":
+        line += f"; fell back from {asked} to {ran}"
+    elif action in ("warned", "cannot_fallback"):
+        line += f"; WARNING: {ran} selection is no better than random with these proxies"
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="demo")
-    cfg = pipeline_config({"profile": ap.parse_args().profile})
-    runs = sorted(Path(run_dir(cfg, "x")).parent.glob("*/register/step.json"), key=lambda p: p.stat().st_mtime)
-    if not runs:
+    ap.add_argument("--storage-root", default=None, help="default: the profile's (the work folder's)")
+    ap.add_argument("--tracking-uri", default=None, help="default: the profile's")
+    args = ap.parse_args()
+    cfg = pipeline_config({"profile": args.profile, "storage_root": args.storage_root,
+                           "tracking_uri": args.tracking_uri})
+    root = latest_run(Path(run_dir(cfg, "x")).parent)
+    if root is None:
         raise SystemExit("no finished pipeline run found")
-    root = runs[-1].parent.parent
-    step = lambda name: json.loads((root / name / "step.json").read_text())  # noqa: E731
-    reg, ev, sel = step("register"), step("evaluate"), step("select")
+    record = lambda step: json.loads((root / f"{step}.json").read_text())["result"]  # noqa: E731
+    reg = json.loads(sorted((root / "register").glob("*/step.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
+    ev, sel = record("evaluate"), record("select")
     results = json.loads((Path(ev["results"]) / "results.json").read_text())
 
     from mlflow import MlflowClient
@@ -28,7 +54,8 @@ def main() -> None:
     parent = run.data.tags.get("mlflow.parentRunId", run.info.run_id)
     print(f"\nregistered model : {reg['model_name']} version {reg['version']}  aliases: {', '.join(reg['aliases'])}")
     print(f"promotion gate   : {'passed' if reg['promoted'] else 'failed'}: {reg['reason']}")
-    print(f"selected pairs   : {sel['selected']} ({cfg.strategy}, budget {cfg.budget})")
+    print(f"selected pairs   : {sel['selected']} ({sel.get('strategy') or cfg.strategy}, budget {cfg.budget})")
+    print(confidence_line(sel))
     print(f"evaluation       : candidate vs {ev['baseline']}, {results['prompts']['n_prompts']} held-out prompts")
     print(f"  {'aspect':<14}{'win rate':>10}{'95% CI':>18}{'LC win rate':>13}{'cand. reward':>14}{'base reward':>13}")
     for aspect, f in results["aspects"].items():

@@ -141,6 +141,8 @@ def test_params_are_typed_documented_and_accepted_by_the_pipeline(parsed):
     fields = {f.name for f in pipeline.PipelineConfig.__dataclass_fields__.values()}
     assert set(params) <= fields
     assert params["strategy"]["schema"]["enum"] == [None, *pipeline.STRATEGIES]
+    from fgpo_tasks.confidence import ON_WEAK
+    assert params["on_weak_proxies"]["schema"]["enum"] == [None, *ON_WEAK] and pipeline.ON_WEAK == ON_WEAK
     assert params["format"]["schema"]["items"]["enum"] == list(FORMATS)
     assert sorted(params["profile"]["schema"]["enum"]) == sorted(
         p.stem for p in (REPO / "configs" / "pipeline").glob("*.yaml"))

@@ -62,6 +62,29 @@ def test_a_failed_step_retried_redoes_no_finished_stage_and_registers_once(tmp_p
     reg = result["register"]
     assert reg["version"] == "1" and "challenger" in reg["aliases"]
     assert result["select"]["selected"] == round(0.3 * result["validate"]["rows_accepted"])
+    # the selection confidence verdict is in the run: step result, score stage reports, MLflow
+    from mlflow import MlflowClient
+
+    from fgpo_tasks.confidence import VERDICTS
+    verdict = result["select"]["selection_confidence"]
+    assert verdict in VERDICTS and result["score"]["selection_confidence"] == verdict
+    scores = Path(result["score"]["scores"])
+    assert json.loads((scores / "selection_confidence.json").read_text())["verdict"] == verdict
+    assert (scores / "reports" / "conflicts.html").is_file()
+    client = MlflowClient(params["tracking_uri"])
+    select_run = client.get_run(result["select"]["mlflow_run_id"])
+    assert select_run.data.tags["selection_confidence"] == verdict
+    assert "select.confidence.verdict_level" in select_run.data.metrics
+    logged = {a.path for a in client.list_artifacts(result["score"]["mlflow_run_id"], "reports")}
+    assert {"reports/conflicts.csv", "reports/conflicts.html"} <= logged
+    parent = client.get_run(select_run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["selection_confidence"] == verdict
+    assert parent.data.metrics["confidence.verdict_level"] == {"ok": 2, "weak": 1, "none": 0}[verdict]
+    summary = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_summary.py"), "--profile", "tiny",
+                              "--storage-root", str(storage), "--tracking-uri", params["tracking_uri"]],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert summary.returncode == 0, summary.stderr
+    assert f"selection conf.  : {verdict}" in summary.stdout
 
     again = pipeline.run_pipeline(params, "run-1", CREATED_AT)
     assert again["register"]["version"] == "1"
@@ -111,6 +134,7 @@ def test_retrain_dag_end_to_end_registers_the_model_with_metrics(tmp_path):
     names = {r.data.tags.get("fgpo.child_key") for r in stages}
     assert {"ingest", "validate", "score", "select", "train_dpo", "evaluate", "register"} <= names
     assert {f"reward_model/{a}" for a in ("correctness", "politeness", "detail", "conciseness")} <= names
+    assert parents[0].data.tags["selection_confidence"] in ("ok", "weak", "none")
     dpo_run = next(r for r in stages if r.data.tags.get("fgpo.child_key") == "train_dpo")
     assert len(client.get_metric_history(dpo_run.info.run_id, "dpo.loss")) > 1
 

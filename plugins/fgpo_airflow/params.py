@@ -12,6 +12,7 @@ from airflow.sdk import Param
 
 PROFILES = ("demo", "helpsteer2", "tiny")  # configs/pipeline/<name>.yaml; tests/test_dags.py checks
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+ON_WEAK = ("warn", "fallback_ratings", "fail")
 FORMATS = ("helpsteer2-aspects", "rated-responses", "ultrafeedback", "pku-saferlhf", "trl",
            "generic", "synthetic")
 
@@ -58,6 +59,13 @@ def retrain_params() -> dict[str, Param]:
             None, type=_nullable("number"), exclusiveMinimum=0, maximum=1, title="Budget",
             description="Fraction of the pairs the selection keeps, in (0, 1] (the paper: 0.3 on "
                         "UltraFeedback, 0.5 on HelpSteer). null: the profile's.",
+            section=_SELECT),
+        "on_weak_proxies": Param(
+            None, type=_nullable("string"), enum=[None, *ON_WEAK], title="When the proxies are at chance",
+            description="What select does when the score step's selection_confidence verdict is "
+                        "'none' (no proxy reward model beats chance) and the strategy ranks by proxy "
+                        "PD: warn (log it, select anyway), fallback_ratings (select by PD from the "
+                        "ratings where the data has them) or fail. null: the profile's (default warn).",
             section=_SELECT),
         "reward_backbone": Param(
             None, type=_nullable("string"), title="Reward-model backbone",
