@@ -40,11 +40,8 @@ def stable_json(obj) -> str:
 
 
 def sha256_hex(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode("utf-8"))
-        h.update(b"\x1f")  # unit separator: ("ab","c") and ("a","bc") hash differently
-    return h.hexdigest()
+    # each part followed by the unit separator: ("ab","c") and ("a","bc") hash differently
+    return hashlib.sha256("".join([p + "\x1f" for p in parts]).encode("utf-8")).hexdigest()
 
 
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
