@@ -51,9 +51,9 @@ BACKBONES = {
                        ((None, "mean"), (None, "cls"), (3, "mean"), (4, "mean"), (5, "mean"))),
     # the response alone (no prompt): "separate" embeddings; a linear BT head cancels any prompt term
     "minilm-resp": Backbone("minilm-resp", "minilm-l6", 256, 0, ((None, "mean"),)),
-    # SmolLM2-135M-Instruct (30 blocks), chat template, blocks 4-16 (the forward stops at 16)
+    # SmolLM2-135M-Instruct (30 blocks), chat template, blocks 4-12 (the forward stops at 12)
     "smollm2": Backbone("smollm2", "smollm2-135m-instruct", 128, 48,
-                        tuple((lay, p) for lay in (4, 8, 12, 16) for p in ("mean", "last"))),
+                        tuple((lay, p) for lay in (4, 8, 12) for p in ("mean", "last"))),
 }
 
 
@@ -95,7 +95,7 @@ CANDIDATES = [
     Candidate("minilm final mean, MLP 128, 5-seed ensemble", (_f("minilm"),), head_hidden=128, ensemble=5),
 ] + [
     Candidate(f"smollm2 block {lay} {p}", (_f("smollm2", lay, p),))
-    for lay in (4, 8, 12, 16) for p in ("mean", "last")
+    for lay in (4, 8, 12) for p in ("mean", "last")
 ] + [
     Candidate("smollm2 block 8 mean+last", (_f("smollm2", 8, "mean"), _f("smollm2", 8, "last"))),
     Candidate("smollm2 block 12 mean, MLP 128", (_f("smollm2", 12),), head_hidden=128),
@@ -107,14 +107,26 @@ CANDIDATES = [
 ]
 
 
-def split(data: Path, seed: int, fraction: float):
-    """(pool, held-out) frames, disjoint by prompt (the evaluation split's prompt hash)."""
-    import pandas as pd
-
+def read(data: Path, prompt_fraction: float):
+    """The pairs of a fixed ``prompt_fraction`` of the prompts (by prompt hash, seed 99; 1 = all):
+    a smaller bench on a shared CPU keeps whole prompts."""
     from fgpo_tasks import contract
     from fgpo_tasks.holdout import split_for_evaluation
 
     df = contract.read_pairs(data)
+    if prompt_fraction >= 1:
+        return df
+    _, a, b = split_for_evaluation(df, prompt_fraction, 0.5, 99)
+    return df.loc[sorted(set(a.index) | set(b.index))]
+
+
+def split(data: Path, seed: int, fraction: float, prompt_fraction: float = 1.0):
+    """(pool, held-out) frames, disjoint by prompt (the evaluation split's prompt hash)."""
+    import pandas as pd
+
+    from fgpo_tasks.holdout import split_for_evaluation
+
+    df = read(data, prompt_fraction)
     pool, eval_rm, eval_prompts = split_for_evaluation(df, fraction, 0.5, seed)
     return pool.reset_index(drop=True), pd.concat([eval_rm, eval_prompts]).reset_index(drop=True)
 
@@ -134,12 +146,10 @@ def _recipes(emb, bb: Backbone):
     return [(lay, emb.pooling if p == "auto" else p) for lay, p in bb.recipes]
 
 
-def features(data: Path, cache: Path, names: list[str], timings: Path) -> None:
+def features(data: Path, cache: Path, names: list[str], timings: Path, prompt_fraction: float) -> None:
     """Fill the embedding cache for every backbone in ``names`` over every text of ``data``;
     record seconds per text (cold: texts already cached are not timed)."""
-    from fgpo_tasks import contract
-
-    df = contract.read_pairs(data)
+    df = read(data, prompt_fraction)
     prompts, responses = texts(df)
     done = json.loads(timings.read_text()) if timings.exists() else {}
     for name in names:
@@ -156,11 +166,13 @@ def features(data: Path, cache: Path, names: list[str], timings: Path) -> None:
             c.refresh()
             missing |= set(c.missing(keys))
         t = time.perf_counter()
-        emb.fill_cache(prompts, responses, cache, recipes, progress=True)
+        emb.fill_cache(prompts, responses, cache, recipes, progress=True, chunk=256)
         dt = time.perf_counter() - t
         if missing:
-            done[name] = {"texts": len(missing), "seconds": round(dt, 1),
-                          "seconds_per_text": dt / len(missing), "n_recipes": len(recipes)}
+            prev = done.get(name, {"texts": 0, "seconds": 0.0})  # an interrupted fill resumed
+            n, sec = prev["texts"] + len(missing), prev["seconds"] + dt
+            done[name] = {"texts": n, "seconds": round(sec, 1), "seconds_per_text": sec / n,
+                          "n_recipes": len(recipes)}
             timings.write_text(json.dumps(done, indent=2))
         print(f"{name}: {len(missing)} texts embedded in {dt:.0f} s", flush=True)
 
@@ -236,6 +248,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of substrings: run only matching candidates")
     ap.add_argument("--seeds", default="0,1,2", help="split seeds (the held-out split and head init)")
     ap.add_argument("--holdout-fraction", type=float, default=0.25, help="fraction of prompts held out")
+    ap.add_argument("--prompt-fraction", type=float, default=1.0,
+                    help="bench on this fraction of the prompts (by prompt hash; 1 = all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
@@ -248,18 +262,18 @@ def main() -> None:
     cache = Path(args.cache or work / "embeddings")
     timings_file = work / "embed_timings.json"
     if args.phase in ("features", "all"):
-        features(Path(args.data), cache, args.backbones.split(","), timings_file)
+        features(Path(args.data), cache, args.backbones.split(","), timings_file, args.prompt_fraction)
     if args.phase == "features":
         return
     from fgpo_tasks import contract
 
-    df = contract.read_pairs(args.data)
+    df = read(Path(args.data), args.prompt_fraction)
     texts_per_pair = len(texts(df)[0]) / len(df)
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     results_file = work / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
-    splits = {s: split(Path(args.data), s, args.holdout_fraction) for s in seeds}
+    splits = {s: split(Path(args.data), s, args.holdout_fraction, args.prompt_fraction) for s in seeds}
     wanted = [c for c in CANDIDATES if not args.only or any(o in c.name for o in args.only.split(","))]
     for cand in wanted:
         if any(f[0] not in args.backbones.split(",") for f in cand.features):
@@ -295,7 +309,8 @@ def main() -> None:
     md = "\n".join([
         "## Proxy reward-model candidates (HelpSteer2, prompt-disjoint held-out split)", "",
         f"`.venv/bin/python benchmarks/bench_proxies.py --data DIR --seeds {args.seeds} "
-        f"--holdout-fraction {args.holdout_fraction}` (DIR: `fgpo ingest --format helpsteer2-aspects`)  ",
+        f"--holdout-fraction {args.holdout_fraction} --prompt-fraction {args.prompt_fraction}` "
+        "(DIR: `fgpo ingest --format helpsteer2-aspects`)  ",
         f"Machine: {machine()} (shared with other jobs; expect +-50% noise in seconds). "
         f"Split: {args.holdout_fraction:.0%} of the prompts held out (`holdout.split_for_evaluation`), "
         f"~{n['n_train']} training / ~{n['n_heldout']} held-out pairs over 5 aspects; accuracies are "

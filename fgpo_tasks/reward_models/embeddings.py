@@ -237,12 +237,13 @@ class FrozenEmbedder:
     def __init__(self, spec: str, max_length: int, max_prompt_length: int, pooling: str,
                  batch_size: int, device: str = "auto", weights: str | None = None,
                  layer: int | None = None, dtype: str = "fp32"):
-        from fgpo_tasks.models import dtype_name, load_encoder, load_tokenizer
+        from fgpo_tasks.models import load_encoder, load_tokenizer
+        from fgpo_tasks.reward_models.config import weights_dtype
 
         self.spec, self.max_length, self.max_prompt_length = spec, max_length, max_prompt_length
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        self.dtype = dtype_name(dtype) if self.device == "cuda" or dtype != "auto" else "fp32"
+        self.dtype = weights_dtype(dtype, self.device)
         self.tokenizer = load_tokenizer(spec)
         self.model = load_encoder(spec, self.dtype).to(self.device).eval()
         self.n_blocks = len(transformer_blocks(self.model)[0])
@@ -320,7 +321,7 @@ class FrozenEmbedder:
         return self.embed_recipes_uncached(prompts, responses, [recipe], progress)[recipe]
 
     def fill_cache(self, prompts: list[str], responses: list[str], cache_root: str | Path,
-                   recipes: list[tuple[int | None, str]], progress: bool = True) -> dict:
+                   recipes: list[tuple[int | None, str]], progress: bool = True, chunk: int = 512) -> dict:
         """Embed the texts missing from any recipe's cache in ONE pass and add them to every
         recipe's cache; returns {recipe: cache key}. (Benchmarks compare layers this way.)"""
         keys = [text_key(p, r) for p, r in zip(prompts, responses)]
@@ -333,12 +334,14 @@ class FrozenEmbedder:
         missing = sorted({k for c in caches.values() for k in c.missing(first)})
         if missing:
             log.info("embedding %d texts for %d recipes in one pass", len(missing), len(recipes))
-            embs = self.embed_recipes_uncached([prompts[first[k]] for k in missing],
-                                               [responses[first[k]] for k in missing], recipes, progress)
+        for s in range(0, len(missing), chunk):  # a shard per chunk: an interrupted fill keeps its work
+            part = missing[s:s + chunk]
+            embs = self.embed_recipes_uncached([prompts[first[k]] for k in part],
+                                               [responses[first[k]] for k in part], recipes, progress)
             for r, c in caches.items():
-                todo = set(c.missing(missing))
-                rows = [i for i, k in enumerate(missing) if k in todo]
-                c.add([missing[i] for i in rows], embs[r][rows])
+                todo = set(c.missing(part))
+                rows = [i for i, k in enumerate(part) if k in todo]
+                c.add([part[i] for i in rows], embs[r][rows])
         return {r: c.dir.name for r, c in caches.items()}
 
     def embed(self, prompts: list[str], responses: list[str], cache_root: str | Path | None = None,
