@@ -169,6 +169,7 @@ def features(data: Path, cache: Path, names: list[str], timings: Path, prompt_fr
         emb.fill_cache(prompts, responses, cache, recipes, progress=True, chunk=256)
         dt = time.perf_counter() - t
         if missing:
+            done = json.loads(timings.read_text()) if timings.exists() else {}  # other passes' entries
             prev = done.get(name, {"texts": 0, "seconds": 0.0})  # an interrupted fill resumed
             n, sec = prev["texts"] + len(missing), prev["seconds"] + dt
             done[name] = {"texts": n, "seconds": round(sec, 1), "seconds_per_text": sec / n,
@@ -229,6 +230,51 @@ def evaluate(cand: Candidate, pool, held, cache: Path, seed: int) -> dict:
     return out
 
 
+# Reward-model configs (RewardModelConfig overrides) for the HelpSteer v1 conflict AUC
+CONFLICT_CONFIGS = {
+    "minilm final mean, linear": {"backbone": "minilm-l6"},
+    "minilm final mean, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5},
+    "minilm final mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5, "head_hidden": 128},
+    **{f"smollm2 block {lay} {p}": {"backbone": "smollm2-135m-instruct", "layer": lay, "pooling": p,
+                                    "max_length": 128, "max_prompt_length": 48}
+       for lay in (4, 8, 12) for p in ("mean", "last")},
+}
+
+
+def conflict_auc(data: Path, work: Path, names: list[str], gamma: float = 0.95) -> dict:
+    """Train each config's proxies on the rated pool itself (``fgpo reward-models``), score it
+    (``fgpo score``) and measure how well PD from the proxies finds the pairs that PD from the
+    ratings calls conflicting (pd_ratings > 0): ROC AUC, and Spearman(pd, pd_ratings)."""
+    import subprocess
+
+    import pandas as pd
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    fgpo = [sys.executable, "-m", "fgpo_tasks.cli", "--created-at", "2026-01-01T00:00:00+00:00"]
+    out = {}
+    for name in names:
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        rm, sc = work / f"rm-{slug}", work / f"scores-{slug}"
+        sets = [a for k, v in CONFLICT_CONFIGS[name].items() for a in ("--set", f"{k}={v}")]
+        t = time.perf_counter()
+        subprocess.run(fgpo + ["reward-models", "--data", str(data), "--out", str(rm), "--cache-dir",
+                               str(work / "embeddings"), "--set", "compare_undebiased=false"] + sets, check=True)
+        t_rm = time.perf_counter() - t
+        subprocess.run(fgpo + ["score", "--data", str(data), "--reward-models", str(rm), "--out", str(sc),
+                               "--gamma", str(gamma)], check=True)
+        t_all = time.perf_counter() - t
+        s = pd.read_parquet(sc / "scores.parquet").dropna(subset=["pd", "pd_ratings"])
+        pos, neg = s.loc[s["pd_ratings"] > 0, "pd"], s.loc[s["pd_ratings"] <= 0, "pd"]
+        auc = float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+        acc = json.loads((rm / "manifest.json").read_text())["metrics"]
+        out[name] = {"auc": auc, "n_conflicting": int(len(pos)), "n": int(len(s)),
+                     "spearman": float(spearmanr(s["pd"], s["pd_ratings"]).statistic),
+                     "heldout_accuracy": float(sum(m["heldout_accuracy"] for m in acc) / len(acc)),
+                     "seconds_train": round(t_rm, 1), "seconds_total": round(t_all, 1)}
+        print(name, out[name], flush=True)
+    return out
+
+
 def seconds_per_1k(cand: Candidate, res: dict, n_pairs: int, texts_per_pair: float, timings: dict) -> float | None:
     embed = 0.0
     for name in dict.fromkeys(f[0] for f in cand.features):
@@ -243,7 +289,10 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="HelpSteer2 pair directory (fgpo ingest output)")
     ap.add_argument("--work", default="work/bench-proxies", help="timings and results folder")
     ap.add_argument("--cache", default=None, help="embedding cache root (default <work>/embeddings)")
-    ap.add_argument("--phase", choices=["features", "heads", "all"], default="all")
+    ap.add_argument("--phase", choices=["features", "heads", "all", "conflict"], default="all")
+    ap.add_argument("--rated", default=None, help="conflict phase: the HelpSteer v1 pair directory "
+                    "(fgpo ingest --format rated-responses)")
+    ap.add_argument("--conflict", default=None, help="conflict phase: comma list of " + "; ".join(CONFLICT_CONFIGS))
     ap.add_argument("--backbones", default="minilm,minilm-resp,smollm2", help="comma list of " + ",".join(BACKBONES))
     ap.add_argument("--only", default=None, help="comma list of substrings: run only matching candidates")
     ap.add_argument("--seeds", default="0,1,2", help="split seeds (the held-out split and head init)")
@@ -264,6 +313,27 @@ def main() -> None:
     if args.phase in ("features", "all"):
         features(Path(args.data), cache, args.backbones.split(","), timings_file, args.prompt_fraction)
     if args.phase == "features":
+        return
+    if args.phase == "conflict":
+        res_file = work / "conflict.json"
+        res = json.loads(res_file.read_text()) if res_file.exists() else {}
+        res.update(conflict_auc(Path(args.rated), work, args.conflict.split(";")))
+        res_file.write_text(json.dumps(res, indent=2))
+        rows = [[k, round(v["auc"], 3), round(v["spearman"], 3), f"{v['n_conflicting']}/{v['n']}",
+                 round(v["heldout_accuracy"], 3), v["seconds_total"]] for k, v in res.items()]
+        md = "\n".join([
+            "## Conflict AUC on the HelpSteer v1 sample (proxies trained on the pool itself)", "",
+            "`.venv/bin/python benchmarks/bench_proxies.py --phase conflict --rated DIR --conflict "
+            "'NAME;NAME'` (DIR: `fgpo ingest --source ../shared/data/helpsteer-ratings --format "
+            "rated-responses`): `fgpo reward-models --data DIR` with the config's fields, then "
+            "`fgpo score --gamma 0.95`. AUC: PD from the proxies as a detector of the pairs whose PD "
+            f"from ratings is > 0. Machine: {machine()} (shared).", "",
+            markdown_table(["proxies", "conflict AUC", "Spearman(pd, pd_ratings)", "conflicting / pairs",
+                            "held-out accuracy (own split)", "seconds (train + score, cold)"], rows)])
+        print(md)
+        if not args.no_write:
+            write_section("proxies-conflict", md)
+            write_section("proxies-conflict", md, METHOD_CHOICES)
         return
     from fgpo_tasks import contract
 
