@@ -171,14 +171,15 @@ def embed(store: Store, datas: list[str], config, created_at: str) -> StageRun:
 
     def compute(out: Path) -> dict:
         emb = rm.get_embedder(config.backbone, config.max_length, config.max_prompt_length,
-                              config.pooling, config.embed_batch_size, config.device)
+                              config.pooling, config.embed_batch_size, config.device,
+                              layer=config.layer, dtype=config.dtype)
         df = pd.concat([contract.read_pairs(d) for d in dict.fromkeys(datas)]).drop_duplicates("pair_id")
         prompts = df["prompt"].tolist()
         emb.embed(prompts + prompts, df["chosen"].tolist() + df["rejected"].tolist(), out / "embeddings")
         return {"cache_dir": str(out / "embeddings"), "n_texts": 2 * len(df)}
 
     fields = {k: v for k, v in result_fields(config).items()
-              if k in ("backbone", "max_length", "max_prompt_length", "pooling", "mode")}
+              if k in ("backbone", "max_length", "max_prompt_length", "pooling", "mode", "layer", "dtype")}
     return store.run("embed", inputs={"data": list(dict.fromkeys(datas))}, created_at=created_at,
                      compute=compute, config=fields)
 

@@ -34,10 +34,10 @@ cache), ``training`` (one aspect's model), ``loading`` (saved models and their s
 """
 
 from fgpo_tasks.reward_models.config import (  # noqa: F401
-    UNIFIED, MODEL_FILE, EMBED_VERSION, ENCODER_TYPES, _parse_tau, RewardModelConfig, weight_fields, text_key, resolve_device, default_cache_root)
+    UNIFIED, MODEL_FILE, EMBED_VERSION, ENCODER_TYPES, _parse_tau, RewardModelConfig, weight_fields, weights_dtype, text_key, resolve_device, default_cache_root)
 from fgpo_tasks.reward_models.embeddings import (  # noqa: F401
-    length_sorted_batches, padding_fraction, encode_texts, _collate, _autocast, EmbeddingCache, _CACHES, embedding_cache, backbone_fingerprint, library_versions, FrozenEmbedder, _EMBEDDERS, get_embedder)
+    length_sorted_batches, padding_fraction, encode_texts, _collate, _autocast, EmbeddingCache, _CACHES, embedding_cache, backbone_fingerprint, library_versions, pool, transformer_blocks, FrozenEmbedder, _EMBEDDERS, get_embedder)
 from fgpo_tasks.reward_models.loading import (  # noqa: F401
     _make_head, _score_classifier, load_record, load_scorer, discover_models, load_models)
 from fgpo_tasks.reward_models.training import (  # noqa: F401
-    word_length, balanced_fraction, _take, length_balanced_indices, bt_loss, spearman, pairwise_accuracy, split_aspect, _accelerator, _one_thread, _train_head, _train_head_loop, _head_margin, _train_classifier, _aspect_rows, _recipe_fingerprint, _length_bias_figure, _loss_figure, _heldout_loss, run_reward_model, _pair_margin_classifier, run_unified_reward_model, summarize_reward_models, run_reward_models)
+    word_length, balanced_fraction, _take, length_balanced_indices, bt_loss, spearman, pairwise_accuracy, split_aspect, _accelerator, _one_thread, _train_head, _train_heads, _train_head_loop, _head_margin, _train_classifier, _aspect_rows, _recipe_fingerprint, _length_bias_figure, _loss_figure, _heldout_loss, run_reward_model, _pair_margin_classifier, run_unified_reward_model, summarize_reward_models, run_reward_models)

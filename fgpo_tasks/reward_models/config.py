@@ -78,8 +78,17 @@ class RewardModelConfig:
         "help": "the prompt keeps at most its LAST this many tokens, so the response gets the rest"})
     pooling: Literal["auto", "mean", "cls", "last"] = field(default="auto", metadata={
         "help": "frozen embedding pooling; auto: mean for encoders, last token for decoders"})
+    layer: int | None = field(default=None, metadata={
+        "help": "frozen features from transformer block `layer` (1-based; the backbone runs only up "
+                "to it); null = the final hidden state (after a decoder's final norm)"})
     head_hidden: int = field(default=0, metadata={
         "help": "frozen head: 0 = linear on standardised embeddings, >0 = one hidden layer"})
+    ensemble: int = field(default=1, metadata={
+        "help": "frozen: heads per aspect, trained with seeds seed .. seed+ensemble-1 on the same "
+                "pairs; the reward is their mean"})
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "backbone weights: auto = bf16 on a CUDA GPU, fp32 on CPU (finetune under auto: "
+                "fp32 master weights with bf16 autocast on GPU); bf16/fp16/fp32 force it"})
     embed_batch_size: int = field(default=32, metadata={
         "help": "texts per backbone forward pass", "inert": True})
     cache_dir: str | None = field(default=None, metadata={
@@ -119,6 +128,10 @@ class RewardModelConfig:
         check(0 <= self.max_prompt_length < self.max_length,
               f"max_prompt_length must be in [0, max_length={self.max_length}), "
               f"got {self.max_prompt_length}")
+        check(self.layer is None or self.layer >= 1, f"layer must be >= 1 or null, got {self.layer}")
+        check(self.ensemble >= 1, f"ensemble must be >= 1, got {self.ensemble}")
+        check(self.dtype in ("auto", "fp32", "bf16", "fp16"),
+              f"dtype must be one of auto, fp32, bf16, fp16, got {self.dtype!r}")
         check(self.head_hidden >= 0, f"head_hidden must be >= 0, got {self.head_hidden}")
         check(self.embed_batch_size >= 1, f"embed_batch_size must be >= 1, got {self.embed_batch_size}")
         check(self.refresh_fraction >= 0, f"refresh_fraction must be >= 0, got {self.refresh_fraction}")
@@ -149,6 +162,19 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise FgpoError("device 'cuda' requested but CUDA is not available")
     return device
+
+
+
+def weights_dtype(dtype: str, device: str, mode: str = "frozen") -> str:
+    """The dtype name the backbone's weights load in: ``auto`` is bf16 on a CUDA device (fp32
+    master weights for ``finetune``, which trains under bf16 autocast) and fp32 on a CPU."""
+    from fgpo_tasks.models import dtype_name
+
+    if dtype != "auto":
+        return dtype
+    if resolve_device(device) != "cuda" or mode == "finetune":
+        return "fp32"
+    return dtype_name("auto")
 
 
 

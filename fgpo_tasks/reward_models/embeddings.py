@@ -183,54 +183,166 @@ def library_versions() -> str:
 
 
 
+def pool(hidden, mask, pooling: str):
+    """One vector per row of ``hidden`` (batch x tokens x dim) under the attention ``mask``
+    (right padding): ``mean`` over the real tokens, ``cls`` the first token, ``last`` the last
+    real token (a decoder's summary of prompt + response)."""
+    import torch
+
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        last = mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise FgpoError(f"pooling must be 'mean', 'cls' or 'last', got {pooling!r}")
+
+
+
+def transformer_blocks(model):
+    """The ModuleList of a backbone's transformer blocks (Llama-like ``layers``, BERT-like
+    ``encoder.layer``, GPT-like ``h``)."""
+    for path in ("layers", "model.layers", "encoder.layer", "transformer.h", "h"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None and hasattr(obj, "__len__"):
+            return obj, path
+    raise FgpoError(f"{type(model).__name__}: cannot find its transformer blocks to pick a layer from")
+
+
+
+class _DeepEnough(Exception):
+    """Raised by the hook of the deepest block a recipe needs: the rest of the forward is skipped."""
+
+
+
+def _block_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+
 class FrozenEmbedder:
-    """A frozen backbone that turns (prompt, response) into one vector; shared across aspects."""
+    """A frozen backbone that turns (prompt, response) into one vector; shared across aspects.
+
+    ``layer`` None: the backbone's final hidden state (after a decoder's final norm); ``layer`` k:
+    the raw output of transformer block k (1-based), the backbone run only up to block k.
+    ``max_prompt_length`` 0 embeds the response alone (no prompt: separate instead of
+    cross-encoded)."""
 
     def __init__(self, spec: str, max_length: int, max_prompt_length: int, pooling: str,
-                 batch_size: int, device: str = "auto", weights: str | None = None):
+                 batch_size: int, device: str = "auto", weights: str | None = None,
+                 layer: int | None = None, dtype: str = "fp32"):
         from fgpo_tasks.models import load_encoder, load_tokenizer
+        from fgpo_tasks.reward_models.config import weights_dtype
 
         self.spec, self.max_length, self.max_prompt_length = spec, max_length, max_prompt_length
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        self.dtype = weights_dtype(dtype, self.device)
         self.tokenizer = load_tokenizer(spec)
-        self.model = load_encoder(spec).to(self.device).eval()
+        self.model = load_encoder(spec, self.dtype).to(self.device).eval()
+        self.n_blocks = len(transformer_blocks(self.model)[0])
         model_type = getattr(self.model.config, "model_type", "")
         if pooling == "auto":
             pooling = "mean" if model_type in ENCODER_TYPES else "last"
-        self.pooling = pooling
+        self.pooling, self.layer = pooling, layer
         self.dim = int(self.model.config.hidden_size)
         self.weights = weights or backbone_fingerprint(spec)
-        self.key = sha256_hex(EMBED_VERSION, self.weights, library_versions(),
-                              str(max_length), str(max_prompt_length), pooling)[:24]
+        self.key = self.recipe_key(layer, pooling)
+
+    def recipe_key(self, layer: int | None, pooling: str) -> str:
+        """The embedding-cache key of this backbone's features at (layer, pooling)."""
+        if layer is not None and not 1 <= layer <= self.n_blocks:
+            raise FgpoError(f"layer must be in [1, {self.n_blocks}] for backbone {self.spec!r}, got {layer}")
+        extra = ([f"layer={layer}"] if layer is not None else []) + (
+            [f"dtype={self.dtype}"] if self.dtype != "fp32" else [])  # defaults keep earlier keys
+        return sha256_hex(EMBED_VERSION, self.weights, library_versions(), str(self.max_length),
+                          str(self.max_prompt_length), pooling, *extra)[:24]
 
     def _pool(self, hidden, mask):
-        import torch
+        return pool(hidden, mask, self.pooling)
 
-        if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        last = mask.sum(1) - 1  # right padding: the last real token
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-    def embed_uncached(self, prompts: list[str], responses: list[str], progress: bool = True
-                       ) -> np.ndarray:
+    def embed_recipes_uncached(self, prompts: list[str], responses: list[str],
+                               recipes: list[tuple[int | None, str]], progress: bool = True
+                               ) -> dict[tuple[int | None, str], np.ndarray]:
+        """Features of each (prompt, response) at several (layer, pooling) recipes, one backbone
+        pass for all: blocks past the deepest layer asked for are not run."""
         import torch
         from tqdm.auto import tqdm
 
+        recipes = list(dict.fromkeys(recipes))
+        layers = {lay for lay, _ in recipes}
+        for lay in layers:
+            self.recipe_key(lay, "mean")  # validates the layer
+        # blocks past the deepest layer asked for are skipped: its hook stops the forward
+        stop_at = None if None in layers else max(layers)
+        captured: dict[int, object] = {}
+        blocks, _ = transformer_blocks(self.model)
+
+        def hook(lay):
+            def capture(_module, _inputs, output):
+                captured[lay] = _block_output(output)
+                if lay == stop_at:
+                    raise _DeepEnough
+            return capture
+
+        hooks = [blocks[lay - 1].register_forward_hook(hook(lay)) for lay in layers if lay is not None]
         feats = encode_texts(self.tokenizer, prompts, responses, self.max_length,
                              self.max_prompt_length)
-        out = np.zeros((len(feats), self.dim), dtype=np.float32)
+        out = {r: np.zeros((len(feats), self.dim), dtype=np.float32) for r in recipes}
         batches = length_sorted_batches([len(f["input_ids"]) for f in feats], self.batch_size)
-        with torch.inference_mode(), _autocast(self.device):
-            for b in tqdm(batches, desc=f"embed {self.spec}", unit="batch", disable=not progress,
-                          leave=False):
-                enc = _collate(self.tokenizer, [feats[i] for i in b], self.device)
-                hidden = self.model(**enc).last_hidden_state
-                out[b] = self._pool(hidden, enc["attention_mask"]).float().cpu().numpy()
+        try:
+            with torch.inference_mode(), _autocast(self.device):
+                for b in tqdm(batches, desc=f"embed {self.spec}", unit="batch", disable=not progress,
+                              leave=False):
+                    enc = _collate(self.tokenizer, [feats[i] for i in b], self.device)
+                    final = None
+                    try:
+                        final = self.model(**enc).last_hidden_state
+                    except _DeepEnough:
+                        pass
+                    for lay, pooling in recipes:
+                        hidden = final if lay is None else captured[lay]
+                        out[(lay, pooling)][b] = pool(hidden, enc["attention_mask"], pooling
+                                                      ).float().cpu().numpy()
+        finally:
+            for h in hooks:
+                h.remove()
         return out
+
+    def embed_uncached(self, prompts: list[str], responses: list[str], progress: bool = True
+                       ) -> np.ndarray:
+        recipe = (self.layer, self.pooling)
+        return self.embed_recipes_uncached(prompts, responses, [recipe], progress)[recipe]
+
+    def fill_cache(self, prompts: list[str], responses: list[str], cache_root: str | Path,
+                   recipes: list[tuple[int | None, str]], progress: bool = True, chunk: int = 512) -> dict:
+        """Embed the texts missing from any recipe's cache in ONE pass and add them to every
+        recipe's cache; returns {recipe: cache key}. (Benchmarks compare layers this way.)"""
+        keys = [text_key(p, r) for p, r in zip(prompts, responses)]
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        caches = {r: embedding_cache(cache_root, self.recipe_key(*r)) for r in recipes}
+        for c in caches.values():
+            c.refresh()
+        missing = sorted({k for c in caches.values() for k in c.missing(first)})
+        if missing:
+            log.info("embedding %d texts for %d recipes in one pass", len(missing), len(recipes))
+        for s in range(0, len(missing), chunk):  # a shard per chunk: an interrupted fill keeps its work
+            part = missing[s:s + chunk]
+            embs = self.embed_recipes_uncached([prompts[first[k]] for k in part],
+                                               [responses[first[k]] for k in part], recipes, progress)
+            for r, c in caches.items():
+                todo = set(c.missing(part))
+                rows = [i for i, k in enumerate(part) if k in todo]
+                c.add([part[i] for i in rows], embs[r][rows])
+        return {r: c.dir.name for r, c in caches.items()}
 
     def embed(self, prompts: list[str], responses: list[str], cache_root: str | Path | None = None,
               progress: bool = True) -> np.ndarray:
@@ -260,12 +372,13 @@ _EMBEDDERS: dict[tuple, FrozenEmbedder] = {}
 
 
 def get_embedder(spec: str, max_length: int, max_prompt_length: int, pooling: str,
-                 batch_size: int, device: str = "auto") -> FrozenEmbedder:
+                 batch_size: int, device: str = "auto", layer: int | None = None,
+                 dtype: str = "fp32") -> FrozenEmbedder:
     """One loaded backbone per process, recipe and backbone contents (loading MiniLM takes
     seconds; weights changed in place are a new backbone, never the stale loaded one)."""
     weights = backbone_fingerprint(spec)
-    k = (spec, weights, max_length, max_prompt_length, pooling, batch_size, device)
+    k = (spec, weights, max_length, max_prompt_length, pooling, batch_size, device, layer, dtype)
     if k not in _EMBEDDERS:
         _EMBEDDERS[k] = FrozenEmbedder(spec, max_length, max_prompt_length, pooling, batch_size, device,
-                                       weights=weights)
+                                       weights=weights, layer=layer, dtype=dtype)
     return _EMBEDDERS[k]

@@ -17,9 +17,21 @@ log = logging.getLogger(__name__)
 
 
 
-def _make_head(in_dim: int, hidden: int, mean=None, std=None):
+def _make_head(in_dim: int, hidden: int, mean=None, std=None, members: int = 1):
+    """A frozen-mode head; ``members`` > 1: an ensemble whose reward is the mean of its members'."""
     import torch
     from torch import nn
+
+    if members > 1:
+        class Ensemble(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.members = nn.ModuleList([_make_head(in_dim, hidden, mean, std) for _ in range(members)])
+
+            def forward(self, e):
+                return torch.stack([m(e) for m in self.members]).mean(0)
+
+        return Ensemble()
 
     class Head(nn.Module):
         """r(e) = w . ((e - mean) / std) [+ MLP]: standardising makes one lr fit any backbone."""
@@ -86,8 +98,10 @@ def load_scorer(model_dir: str | Path, cache_dir: str | Path | None = None, prog
         from safetensors.torch import load_file
 
         emb = get_embedder(cfg["backbone"], cfg["max_length"], cfg["max_prompt_length"],
-                           cfg["pooling"], cfg["embed_batch_size"], cfg["device"])
-        head = _make_head(rec["head"]["in_dim"], rec["head"]["hidden"])
+                           cfg["pooling"], cfg["embed_batch_size"], cfg["device"],
+                           layer=cfg.get("layer"), dtype=cfg.get("dtype", "fp32"))
+        head = _make_head(rec["head"]["in_dim"], rec["head"]["hidden"],
+                          members=rec["head"].get("members", 1))
         head.load_state_dict(load_file(str(Path(model_dir) / "head.safetensors")))
         head.eval()
         root = cache_dir or cfg.get("cache_dir") or default_cache_root()
@@ -110,7 +124,11 @@ def load_scorer(model_dir: str | Path, cache_dir: str | Path | None = None, prog
     path = Path(model_dir) / "model"
     device = resolve_device(cfg["device"])
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    from fgpo_tasks.models import resolve_dtype
+    from fgpo_tasks.reward_models.config import weights_dtype
+
+    dtype = resolve_dtype(weights_dtype(cfg.get("dtype", "fp32"), device))  # scoring: bf16 on GPU
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
 
     def score(prompts: list[str], responses: list[str]) -> np.ndarray:
         if len(prompts) != len(responses):

@@ -20,7 +20,7 @@ from fgpo_tasks.config import to_dict
 from fgpo_tasks.errors import InputError
 from fgpo_tasks.provenance import code_version, sha256_hex, stable_json
 from fgpo_tasks.reward_models.config import (MODEL_FILE, UNIFIED, RewardModelConfig, default_cache_root,
-                                             resolve_device, weight_fields)
+                                             resolve_device, weight_fields, weights_dtype)
 from fgpo_tasks.reward_models.embeddings import _collate, backbone_fingerprint, encode_texts, get_embedder
 from fgpo_tasks.reward_models.loading import _make_head, _score_classifier, discover_models
 from fgpo_tasks.storage import atomic_dir
@@ -155,6 +155,28 @@ def _train_head(ew: np.ndarray, el: np.ndarray, dlen: np.ndarray, longer: np.nda
 
 
 
+def _train_heads(ew: np.ndarray, el: np.ndarray, dlen: np.ndarray, longer: np.ndarray,
+                 cfg: RewardModelConfig, rho: float, tau: float | None, eval_fn=None):
+    """``cfg.ensemble`` heads (seeds seed, seed+1, ...) on the same pairs, as one module whose
+    reward is their mean; the loss curve is the first member's (held-out points: the ensemble's
+    are in the metrics). One member: the plain head."""
+    import dataclasses
+
+    if cfg.ensemble == 1:
+        return _train_head(ew, el, dlen, longer, cfg, rho, tau, eval_fn)
+    members, curve = [], None
+    for m in range(cfg.ensemble):
+        head, c = _train_head(ew, el, dlen, longer, dataclasses.replace(cfg, seed=cfg.seed + m), rho,
+                              tau, eval_fn if m == 0 else None)
+        members.append(head)
+        curve = curve or c
+    ens = _make_head(ew.shape[1], cfg.head_hidden, members=cfg.ensemble)
+    for slot, head in zip(ens.members, members):
+        slot.load_state_dict(head.state_dict())
+    return ens.eval(), curve
+
+
+
 def _train_head_loop(ew, el, dlen, longer, cfg, rho, tau, eval_fn):
     import torch
 
@@ -208,7 +230,7 @@ def _train_classifier(rows: pd.DataFrame, dlen: np.ndarray, longer: np.ndarray,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tok = load_tokenizer(cfg.backbone)
-    model = load_sequence_classifier(cfg.backbone)
+    model = load_sequence_classifier(cfg.backbone, dtype=weights_dtype(cfg.dtype, cfg.device, "finetune"))
     prompts = rows["prompt"].tolist()
     fw = encode_texts(tok, prompts, rows["chosen"].tolist(), cfg.max_length, cfg.max_prompt_length)
     fl = encode_texts(tok, prompts, rows["rejected"].tolist(), cfg.max_length, cfg.max_prompt_length)
@@ -336,7 +358,8 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
     curves, margins, models = {}, {}, {}
     if config.mode == "frozen":
         emb = get_embedder(config.backbone, config.max_length, config.max_prompt_length,
-                           config.pooling, config.embed_batch_size, config.device)
+                           config.pooling, config.embed_batch_size, config.device,
+                           layer=config.layer, dtype=config.dtype)
         cache_root = config.cache_dir or default_cache_root()
         prompts = rows["prompt"].tolist()
         both = emb.embed(prompts + prompts, rows["chosen"].tolist() + rows["rejected"].tolist(),
@@ -348,7 +371,7 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
             return {"heldout_loss": _heldout_loss(m), "heldout_accuracy": pairwise_accuracy(m)} if len(ho) else {}
 
         for name, (rho, tau) in variants.items():
-            head, curves[name] = _train_head(ew[tr], el[tr], dlen_tr, longer, config, rho, tau, eval_fn)
+            head, curves[name] = _train_heads(ew[tr], el[tr], dlen_tr, longer, config, rho, tau, eval_fn)
             models[name] = head
             margins[name] = _head_margin(head, ew[ho], el[ho])
     else:
@@ -398,7 +421,8 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
 
             save_file({k: v.contiguous() for k, v in models["debiased"].state_dict().items()},
                       str(tmp / "head.safetensors"))
-            record["head"] = {"in_dim": int(ew.shape[1]), "hidden": config.head_hidden}
+            record["head"] = {"in_dim": int(ew.shape[1]), "hidden": config.head_hidden,
+                              "members": config.ensemble}
         else:
             model, tok = models["debiased"]
             model.save_pretrained(tmp / "model")
