@@ -86,6 +86,22 @@ def test_bootstrap_of_several_seeds_uses_the_same_resampled_prompts():
         outcome.bootstrap_by_prompt(correct, prompts[:3])
 
 
+def test_paired_difference_cancels_what_two_arms_share():
+    rng = np.random.default_rng(2)
+    b, prompts = _clustered(60, 4, rng, truth=0.6, spread=0.4)  # easy and hard prompts
+    a = b.copy()
+    flip = rng.choice(np.flatnonzero(~b), 24, replace=False)  # A also gets 24 of B's wrong pairs right: +0.1
+    a[flip] = True
+    d, lo, hi = outcome.bootstrap_difference_by_prompt(a, b, prompts, 2000, seed=0)
+    assert d == pytest.approx(0.1) and 0 < lo < 0.1 < hi
+    # the paired CI of the difference is narrower than either arm's own CI (an unpaired
+    # difference's would be wider than both)
+    la, ha = outcome.bootstrap_by_prompt(a, prompts, 2000, seed=0)
+    lb, hb = outcome.bootstrap_by_prompt(b, prompts, 2000, seed=0)
+    assert (hi - lo) < 0.75 * min(ha - la, hb - lb)
+    assert outcome.bootstrap_difference_by_prompt(b, b, prompts, 200)[1:] == (0.0, 0.0)
+
+
 # ------------------------------------------------------------------------------ mean-rating pairs
 
 def _pair(prompt, chosen, rejected, aspect, rc, rr):
@@ -239,8 +255,14 @@ def test_every_arm_reports_the_implicit_reward_accuracy_beside_its_win_rate(ran)
     header = next(line for line in md.splitlines() if line.startswith("| arm |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols.index("implicit acc") == cols.index("win rate") + 1
+    assert "implicit acc − random [CI]" in cols
     table = pd.read_csv(ran["root"] / "results.csv")
     assert table["arm"].tolist() == ["all", "random", "pd", "pd_ratings"]
+    rnd = _arm(ran, "random")["implicit_reward"]["accuracy"]
+    for name in ("all", "pd", "pd_ratings"):
+        row = table[table["arm"] == name].iloc[0]
+        assert row["implicit_vs_random"] == pytest.approx(_arm(ran, name)["implicit_reward"]["accuracy"] - rnd)
+        assert row["implicit_vs_random.low"] <= row["implicit_vs_random"] <= row["implicit_vs_random.high"]
     assert table["implicit_accuracy.mean"].between(0, 1).all()
     assert (table["implicit_ci.low"] <= table["implicit_accuracy.mean"]).all()
     assert (table["implicit_accuracy.mean"] <= table["implicit_ci.high"]).all()

@@ -184,27 +184,58 @@ def implicit_accuracy(margins) -> float:
     return float((m > 0).mean())
 
 
+def _prompt_resamples(prompts: Sequence[str], n_samples: int, seed: int):
+    """(group of each pair, (n_samples, n_prompts) counts of each prompt in each resample)."""
+    _, group = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+    n_groups = int(group.max()) + 1
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_samples).astype(np.float64)
+    return group, draws
+
+
+def _resampled_shares(correct, group, draws) -> np.ndarray:
+    """(n_samples,) mean over the rows of ``correct`` (k, n_pairs) of each resample's share."""
+    n_groups = draws.shape[1]
+    hits = np.stack([np.bincount(group, weights=row, minlength=n_groups) for row in correct])  # (k, G)
+    sizes = np.bincount(group, minlength=n_groups).astype(np.float64)  # (G,)
+    return (draws @ hits.T).mean(axis=1) / (draws @ sizes)
+
+
+def _rows(correct, n_prompts: int) -> np.ndarray:
+    c = np.atleast_2d(np.asarray(correct, dtype=np.float64))
+    if c.shape[1] != n_prompts:
+        raise ValueError(f"{c.shape[1]} pairs but {n_prompts} prompt keys")
+    return c
+
+
 def bootstrap_by_prompt(correct, prompts: Sequence[str], n_samples: int = 2000, seed: int = 0,
                         confidence: float = 0.95) -> tuple[float, float]:
     """Percentile CI of the share of correct pairs, resampling PROMPTS with replacement (a
     resampled prompt brings all its pairs). ``correct``: (n_pairs,) or (k, n_pairs), e.g. k seeds
     scored on the same pairs: then the statistic is the mean share over the k rows, and every row
     sees the same resampled prompts."""
-    c = np.atleast_2d(np.asarray(correct, dtype=np.float64))
-    if c.shape[1] != len(prompts):
-        raise ValueError(f"{c.shape[1]} pairs but {len(prompts)} prompt keys")
+    c = _rows(correct, len(prompts))
     if c.shape[1] == 0:
         return float("nan"), float("nan")
-    _, group = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
-    n_groups = int(group.max()) + 1
-    hits = np.stack([np.bincount(group, weights=row, minlength=n_groups) for row in c])  # (k, G)
-    sizes = np.bincount(group, minlength=n_groups).astype(np.float64)  # (G,)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_samples).astype(np.float64)  # (B, G)
-    stats = (draws @ hits.T).mean(axis=1) / (draws @ sizes)  # (B,)
+    group, draws = _prompt_resamples(prompts, n_samples, seed)
     alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    lo, hi = np.quantile(_resampled_shares(c, group, draws), [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_difference_by_prompt(correct_a, correct_b, prompts: Sequence[str], n_samples: int = 2000,
+                                   seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(difference, CI low, CI high) of the share of correct pairs of A minus B, both scored on
+    the same pairs (rows: seeds), PAIRED: each resample of the prompts is applied to both, so
+    what the two share (which pairs are easy) cancels."""
+    a, b = _rows(correct_a, len(prompts)), _rows(correct_b, len(prompts))
+    if a.shape[1] == 0:
+        return float("nan"), float("nan"), float("nan")
+    group, draws = _prompt_resamples(prompts, n_samples, seed)
+    diff = _resampled_shares(a, group, draws) - _resampled_shares(b, group, draws)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diff, [alpha, 1 - alpha])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
 def summarize(margins, prompts: Sequence[str], config: ImplicitRewardConfig) -> dict:

@@ -117,28 +117,63 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
             if cfg.implicit_reward_config is not None:
                 ci = pooled_implicit_ci(cfg, done)
                 row["implicit_ci"] = list(ci) if ci else None  # a list: tuples are (mean, sd) here
+                row["_done"] = done
             rows.append(row)
+    if cfg.implicit_reward_config is not None:
+        for pool in cfg.pool_specs:
+            base = next((r for r in rows if r["pool"] == pool.name and r.get("strategy") == "random"
+                         and r.get("loss_type") == "sigmoid" and "_done" in r), None)
+            for r in rows:
+                if r["pool"] == pool.name and "_done" in r and base is not None and r is not base:
+                    r["implicit_vs_random"] = implicit_difference(cfg, r["_done"], base["_done"])
+    for r in rows:
+        r.pop("_done", None)
     return rows
+
+
+def implicit_correct(done: list[dict]):
+    """({seed: correct (n_pairs,)}, prompt keys) of one (pool, arm)'s finished seeds, from their
+    per-pair margins files (sorted by pair id), or None when a file is missing or the seeds scored
+    different held-out pairs."""
+    import pandas as pd
+
+    paths = {r["seed"]: (r.get("implicit_reward") or {}).get("margins") for r in done}
+    if not paths or not all(p and Path(p).is_file() for p in paths.values()):
+        return None
+    tables = {s: pd.read_parquet(p).sort_values("pair_id").reset_index(drop=True) for s, p in paths.items()}
+    first = next(iter(tables.values()))
+    if any(not t["pair_id"].equals(first["pair_id"]) for t in tables.values()):
+        return None
+    return {s: t["margin"].to_numpy() > 0 for s, t in tables.items()}, first["prompt_key"].tolist()
 
 
 def pooled_implicit_ci(cfg: ExperimentConfig, done: list[dict]) -> tuple[float, float] | None:
     """CI of the seed-mean implicit-reward accuracy of one (pool, arm): every seed's per-pair
     margins on the same held-out pairs, the prompts resampled once for all seeds (so it is the
     held-out sampling's uncertainty of the mean over these seeds, not the seeds' spread)."""
-    import pandas as pd
-
     from fgpo_tasks.experiment.outcome import bootstrap_by_prompt
 
-    ir = cfg.implicit_reward_config
-    paths = [(r.get("implicit_reward") or {}).get("margins") for r in done]
-    if not paths or not all(p and Path(p).is_file() for p in paths):
+    ir, got = cfg.implicit_reward_config, implicit_correct(done)
+    if got is None:
         return None
-    tables = [pd.read_parquet(p).sort_values("pair_id").reset_index(drop=True) for p in paths]
-    if any(not t["pair_id"].equals(tables[0]["pair_id"]) for t in tables):
-        return None  # seeds scored different held-out pairs: no common resampling
-    correct = [(t["margin"].to_numpy() > 0) for t in tables]
-    return bootstrap_by_prompt(correct, tables[0]["prompt_key"].tolist(), ir.bootstrap_samples, ir.seed,
-                               ir.confidence)
+    return bootstrap_by_prompt(list(got[0].values()), got[1], ir.bootstrap_samples, ir.seed, ir.confidence)
+
+
+def implicit_difference(cfg: ExperimentConfig, done: list[dict], baseline: list[dict]):
+    """[difference, CI low, CI high] of the seed-mean implicit-reward accuracy of an arm minus a
+    baseline arm's, over the seeds both finished, paired by held-out pair (prompts resampled
+    once for both); None when they cannot be paired."""
+    from fgpo_tasks.experiment.outcome import bootstrap_difference_by_prompt
+
+    ir = cfg.implicit_reward_config
+    a, b = implicit_correct(done), implicit_correct(baseline)
+    if a is None or b is None or a[1] != b[1]:
+        return None
+    seeds = sorted(set(a[0]) & set(b[0]))
+    if not seeds:
+        return None
+    return list(bootstrap_difference_by_prompt([a[0][s] for s in seeds], [b[0][s] for s in seeds], a[1],
+                                               ir.bootstrap_samples, ir.seed, ir.confidence))
 
 
 def _fmt_ci(ci) -> str:
@@ -172,7 +207,8 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
                   "higher MEAN of all aspect ratings, equal means dropped) where the arm's policy gives "
                   "beta*log(pi/pi_ref)(chosen) - beta*log(pi/pi_ref)(rejected) > 0, pi_ref = the starting policy "
                   f"(the unmoved policy scores 0); its CI: {ir.confidence:.0%} bootstrap of the seed-mean, "
-                  f"resampling prompts ({ir.bootstrap_samples} resamples).", ""]
+                  f"resampling prompts ({ir.bootstrap_samples} resamples); − random: the seed-mean difference from the "
+                  "random arm on the same pairs, its CI paired (each resample of the prompts applied to both).", ""]
     for pool in cfg.pool_specs:
         prow = [r for r in rows if r["pool"] == pool.name]
         aspects = next((r["aspects"] for r in prow if "aspects" in r), [])
@@ -183,7 +219,7 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
                       f"Spearman(PD, PD from ratings) {_fmt(facts['spearman'], 2)}.", ""]
         implicit = cfg.implicit_reward_config is not None
         headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate"]
-                   + (["implicit acc", "implicit acc CI"] if implicit else [])
+                   + (["implicit acc", "implicit acc CI", "implicit acc − random [CI]"] if implicit else [])
                    + ["Δ mean"] + [f"Δ {a}" for a in aspects] + ["selection s", "training s", "cost vs all"])
         lines += [f"**pool {pool.name}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for r in prow:
@@ -193,7 +229,9 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
             cells = [r["arm"], _fmt(r["n_selected"], 0), _fmt(r["selected_conflict_fraction"], 2),
                      _fmt(r["lc_win_rate"]), _fmt(r["win_rate"])]
             if implicit:
-                cells += [_fmt(r["implicit_accuracy"]), _fmt_ci(r.get("implicit_ci"))]
+                d = r.get("implicit_vs_random")
+                cells += [_fmt(r["implicit_accuracy"]), _fmt_ci(r.get("implicit_ci")),
+                          f"{d[0]:+.3f} {_fmt_ci(d[1:])}" if d and math.isfinite(d[0]) else "n/a"]
             cells += [_fmt(r["reward_delta"])]
             cells += [_fmt(r[f"{a}.reward_delta"]) for a in aspects]
             cells += [_fmt(r["selection_s"], 1), _fmt(r["training_s"], 1), _fmt(r["cost_vs_all"], 2)]
@@ -292,10 +330,12 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
         w = csv.writer(fh)
         keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, tuple)})
         w.writerow(["pool", "arm", "strategy", "loss_type", "seeds"] + [f"{k}.{s}" for k in keys for s in ("mean", "sd")]
-                   + ["implicit_ci.low", "implicit_ci.high"])
+                   + ["implicit_ci.low", "implicit_ci.high", "implicit_vs_random", "implicit_vs_random.low",
+                      "implicit_vs_random.high"])
         for r in rows:
             w.writerow([r["pool"], r["arm"], r["strategy"], r["loss_type"], r["seeds"]]
-                       + [x for k in keys for x in (r.get(k) or (None, None))] + list(r.get("implicit_ci") or (None, None)))
+                       + [x for k in keys for x in (r.get(k) or (None, None))] + list(r.get("implicit_ci") or (None, None))
+                       + list(r.get("implicit_vs_random") or (None, None, None)))
     plot(cfg, rows, root / "results.png")
     _log_report(cfg, key, root)
     return {"out_dir": str(root), "results_md": str(root / "results.md"), "plot": str(root / "results.png"),
