@@ -144,6 +144,26 @@ def test_held_out_pairs_whose_prompt_trained_are_dropped_and_the_cap_is_stable()
     assert outcome.cap(kept, 10, seed=1)["pair_id"].tolist() != a["pair_id"].tolist()
 
 
+def test_held_out_pairs_from_a_rated_source_leave_out_training_prompts(tmp_path):
+    from fgpo_tasks.experiment.arms import prepare_heldout
+    from fgpo_tasks.ingest import IngestConfig, run_ingest
+
+    src = _rated_responses(tmp_path / "src", n_prompts=30)
+    run_ingest([str(src)], ["rated-responses"], tmp_path / "all", IngestConfig(), "2026-01-01T00:00:00+00:00")
+    every = contract.read_pairs(tmp_path / "all")
+    trained_prompts = sorted(every["prompt"].unique())[:5]
+    contract.write_pairs(every[every["prompt"].isin(trained_prompts)], tmp_path / "train", stage="ingest", config={},
+                         created_at="2026-01-01T00:00:00+00:00")
+    cfg = from_dict(ExperimentConfig, {"storage_root": str(tmp_path / "storage"), "implicit_reward": {
+        "source": [str(src)], "max_pairs": None}})
+    got = prepare_heldout(cfg, [], [str(tmp_path / "train")], tmp_path / "ev", "2026-01-01T00:00:00+00:00")
+    held = pd.read_parquet(got["heldout_pairs"])
+    everything, _ = outcome.mean_rating_pairs(every)
+    assert got["heldout_origin"] == "source" and not set(held["prompt"]) & set(trained_prompts)
+    assert got["heldout_counts"]["dropped_training_prompt"] == everything["prompt"].isin(trained_prompts).sum() > 0
+    assert len(held) == len(everything) - got["heldout_counts"]["dropped_training_prompt"]
+
+
 def test_config_needs_a_source_of_held_out_pairs():
     with pytest.raises(ConfigError, match="implicit_reward"):
         from_dict(ExperimentConfig, {"implicit_reward": {"max_pairs": 10}})
