@@ -248,7 +248,9 @@ def plot(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
     import numpy as np
 
     pools = cfg.pool_specs
-    fig, axes = plt.subplots(len(pools), 2, figsize=(13, 3.6 * len(pools)), squeeze=False)
+    implicit = cfg.implicit_reward_config is not None
+    fig, axes = plt.subplots(len(pools), 3 if implicit else 2, figsize=(19 if implicit else 13, 3.6 * len(pools)),
+                             squeeze=False)
     for i, pool in enumerate(pools):
         prow = [r for r in rows if r["pool"] == pool.name and "skipped" not in r]
         if not prow:
@@ -277,6 +279,17 @@ def plot(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
         ax.set_ylabel("LC win rate vs starting policy")
         ax.set_title(f"{pool.name}: length-controlled win rate (mean of aspects)")
         ax.tick_params(axis="x", labelrotation=30)
+        if implicit:
+            ax = axes[i][2]
+            acc = [r["implicit_accuracy"][0] for r in prow]
+            ci = [r.get("implicit_ci") or [m, m] for r, m in zip(prow, acc)]
+            err = np.array([[max(m - lo, 0) for m, (lo, _) in zip(acc, ci)], [max(hi - m, 0) for m, (_, hi) in zip(acc, ci)]])
+            ax.bar(arms, acc, yerr=err, capsize=3, color=[f"C{j}" for j in range(len(arms))])
+            ax.axhline(0.5, color="black", lw=0.8, ls="--")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("implicit-reward accuracy (95% CI by prompt)")
+            ax.set_title(f"{pool.name}: held-out pairs by mean rating")
+            ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
