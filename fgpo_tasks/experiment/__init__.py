@@ -7,8 +7,10 @@ all the same way and reports mean and spread over seeds.
 
 The arms run the pipeline's stages (``fgpo_tasks.workflow`` over the stage layer), so what arms
 share is computed once. Modules: ``config`` (ExperimentConfig, arms, pools, the run key's
-layout), ``arms`` (the units of work: prepare, prepare_pool, prepare_eval, run_arm) and
-``report`` (the results table and plot).
+layout), ``arms`` (the units of work: prepare, prepare_pool, prepare_eval, run_arm),
+``outcome`` (the implicit-reward accuracy on held-out pairs labelled by the mean of all aspect
+ratings, with a bootstrap CI by prompt: ``implicit_reward`` in the config) and ``report`` (the
+results table and plot).
 
 Evaluation split (real data, ``eval_split``): the pipeline's ``holdout`` split
 (``fgpo_tasks.holdout``): pairs are assigned by a hash of their PROMPT; ``fraction`` of the

@@ -231,6 +231,8 @@ def prepare_eval(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
                             + ([prep["policy_data"]] if prep.get("policy_data") else []))
     if cfg.eval_split:
         config.prompt_source, config.prompt_path = "pairs", prompt_dirs[0]
+    if cfg.implicit_reward_config is not None:
+        result.update(prepare_heldout(cfg, data if cfg.eval_split else [], config.exclude_pairs, step, created_at))
     prompts, record = load_prompts(config)
     text = "".join(jsonio.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
     path = step / "prompts.jsonl"
@@ -240,10 +242,55 @@ def prepare_eval(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
                   prompt_record={k: v for k, v in record.items() if k != "training_pools"},
                   seconds=round(time.perf_counter() - t0, 2))
     before = _done(step)
-    if before is not None and {k: before.get(k) for k in ("stage_keys", "eval_models", "n_prompts")} == \
-            {k: result[k] for k in ("stage_keys", "eval_models", "n_prompts")}:
+    same = ("stage_keys", "eval_models", "n_prompts", "heldout_fingerprint")
+    if before is not None and {k: before.get(k) for k in same} == {k: result.get(k) for k in same}:
         return before
     return _commit(step, result)
+
+
+def prepare_heldout(cfg: ExperimentConfig, data: list[dict], training_dirs: list[str], step: Path,
+                    created_at: str) -> dict:
+    """The implicit-reward outcome's held-out pairs (``<step>/heldout_pairs.parquet``): the
+    configured rated source, else every pool's held-out evaluation parts; labelled by the mean of
+    all aspect ratings; any pair whose prompt is in ``training_dirs`` (the pools, the proxies'
+    pools, the policy's SFT data) dropped; capped."""
+    import pandas as pd
+
+    from fgpo_tasks import contract
+    from fgpo_tasks.experiment import outcome
+    from fgpo_tasks.ingest import IngestConfig
+    from fgpo_tasks.storage import atomic_write
+
+    ir = cfg.implicit_reward_config
+    if ir.source:
+        run = workflow.ingest(store(cfg), [_resolve_source(s) for s in ir.source], list(ir.format),
+                              from_dict(IngestConfig, ir.ingest, where="implicit_reward.ingest"), created_at)
+        frames, origin = [contract.read_pairs(run.result["data"])], "source"
+    else:
+        frames = [contract.read_pairs(d[part]) for d in data for part in ("eval_rm", "eval_prompts")]
+        origin = "eval_split"
+    pairs, counts = outcome.mean_rating_pairs(pd.concat(frames, ignore_index=True), ir.aspects)
+    training = set().union(*(outcome.prompt_keys(contract.read_pairs(d)) for d in training_dirs))
+    pairs, counts["dropped_training_prompt"] = outcome.disjoint_from(pairs, training)
+    if counts["dropped_training_prompt"]:
+        log.info("implicit reward: %d held-out pairs dropped, their prompt is in a training pool",
+                 counts["dropped_training_prompt"])
+    counts["before_cap"] = int(len(pairs))
+    pairs = outcome.cap(pairs, ir.max_pairs, ir.seed)
+    if len(pairs) == 0:
+        raise FgpoError(f"implicit_reward: no held-out pair is left ({counts}); every pair needs all aspect "
+                        "ratings on both responses, different means and a prompt outside the training pools")
+    import io
+    buf = io.BytesIO()
+    pairs.to_parquet(buf, index=False)
+    path = step / outcome.HELDOUT_FILE
+    if not path.is_file() or path.read_bytes() != buf.getvalue():
+        atomic_write(path, buf.getvalue())
+    from fgpo_tasks.provenance import sha256_hex
+    return {"heldout_pairs": str(path), "n_heldout_pairs": int(len(pairs)),
+            "n_heldout_prompts": int(pairs["prompt_key"].nunique()), "heldout_origin": origin,
+            "heldout_counts": counts,
+            "heldout_fingerprint": sha256_hex(*(f"{a}>{b}" for a, b in zip(pairs["pair_id"], pairs["chosen"])))[:16]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,9 +321,22 @@ def _arm_configs(cfg: ExperimentConfig, arm: ArmSpec, pool: dict, seed: int):
     return select_cfg, dpo_cfg
 
 
+def evaluate_key(dpo_key: str, baseline: str, prompts: str, eval_cfg) -> str:
+    """The key of the evaluate stage of train_dpo ``dpo_key``'s model, named by that stage's key
+    (``stages.fingerprint`` of a path inside a stage output) whether or not its stage record is
+    still there (``drop_weights`` moves it): ``stages.stage_key``'s formula on those fingerprints."""
+    from fgpo_tasks.provenance import sha256_hex, stable_json
+    from fgpo_tasks.stages import code_version, fingerprint, result_fields
+
+    fps = {"baseline": fingerprint(baseline), "model": f"stage:train_dpo/{dpo_key}/model",
+           "prompts": fingerprint(prompts)}
+    return sha256_hex("evaluate", stable_json(dict(sorted(fps.items()))), stable_json(result_fields(eval_cfg)),
+                      code_version("evaluate"))[:24]
+
+
 def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name: str, created_at: str) -> dict:
     """One arm on one pool and seed: select, train DPO from the starting policy, evaluate against it."""
-    from fgpo_tasks.stages import result_fields, stage_key
+    from fgpo_tasks.stages import stage_key
     from fgpo_tasks.tracking import log_evaluation
 
     root = out_root(cfg, key)
@@ -312,10 +372,10 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
     before = _done(step)
     if before is not None and before.get("stage_keys", {}).get("select") == sel.key \
             and before["stage_keys"].get("train_dpo") == dpo_key:
-        model_dir = str(st.stage_dir("train_dpo", dpo_key) / "model")
-        eval_key = stage_key("evaluate", {"model": model_dir, "baseline": prep["policy"], "prompts": ev["prompts"]},
-                             result_fields(eval_cfg))[0]
-        if before["stage_keys"].get("evaluate") == eval_key:
+        eval_key = evaluate_key(dpo_key, prep["policy"], ev["prompts"], eval_cfg)
+        if before["stage_keys"].get("evaluate") == eval_key and (
+                cfg.implicit_reward_config is None
+                or (before.get("implicit_reward") or {}).get("heldout_fingerprint") == ev.get("heldout_fingerprint")):
             return before
 
     tracker = _tracker(cfg, key, pool_name, seed, arm)
@@ -337,9 +397,12 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
         evaluated = workflow.evaluate(st, trained.result["model"], prep["policy"], eval_cfg, created_at,
                                       prompts_file=ev["prompts"])
         log_evaluation(tracker, evaluated.result["results"])
+        if cfg.implicit_reward_config is not None:
+            result["implicit_reward"] = _implicit_reward(cfg, ev, dpo_cfg, trained.result["model"], step)
+            tracker.log_metrics(tracker.parent_run_id, {"implicit_reward": {
+                k: v for k, v in result["implicit_reward"].items() if k in IMPLICIT_METRICS}})
         if not cfg.keep_models:
-            for f in Path(trained.result["model"]).glob("*.safetensors"):
-                f.unlink()
+            result["weights_dropped"] = drop_weights(st, trained)
 
         sel_cost = _selection_cost(arm, pool) + sel.seconds
         # wall seconds on result["device"]; training_cuda_s: the GPU stream's seconds (CUDA events), else None
@@ -364,6 +427,65 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
         raise
     result["mlflow_run_id"] = tracker.parent_run_id
     return _commit(step, result)
+
+
+IMPLICIT_METRICS = ("accuracy", "ci_low", "ci_high", "n_pairs", "n_prompts", "mean_margin", "n_zero_margin",
+                    "seconds")
+
+
+def _implicit_reward(cfg: ExperimentConfig, ev: dict, dpo_cfg, model_dir: str, step: Path) -> dict:
+    """The trained policy's implicit-reward accuracy on the held-out pairs, against its DPO
+    reference (the starting policy unless dpo.ref_model says otherwise), truncated as DPO
+    truncates; the per-pair margins go to ``<arm>/implicit_reward.parquet``."""
+    import io
+
+    import pandas as pd
+
+    from fgpo_tasks.experiment import outcome
+    from fgpo_tasks.storage import atomic_write
+
+    ir = cfg.implicit_reward_config
+    t0 = time.perf_counter()
+    pairs = pd.read_parquet(ev["heldout_pairs"])
+    lengths = (dpo_cfg.max_length, dpo_cfg.max_prompt_length)
+    ref = outcome.reference_logps(dpo_cfg.reference, pairs, *lengths, ir.batch_size, dpo_cfg.logps_chunk,
+                                  dpo_cfg.ref_cache_dir)
+    pol = outcome.sequence_logps(model_dir, dpo_cfg.model, pairs, *lengths, ir.batch_size, dpo_cfg.logps_chunk)
+    margins = outcome.implicit_margins(pol[0], pol[1], ref[0], ref[1], dpo_cfg.beta)
+    table = pd.DataFrame({"pair_id": pairs["pair_id"], "prompt_key": pairs["prompt_key"], "margin": margins,
+                          "policy_chosen": pol[0], "policy_rejected": pol[1], "ref_chosen": ref[0],
+                          "ref_rejected": ref[1]})
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    atomic_write(step / outcome.MARGINS_FILE, buf.getvalue())
+    summary = outcome.summarize(margins, pairs["prompt_key"].tolist(), ir)
+    summary.update(beta=dpo_cfg.beta, reference=dpo_cfg.reference, margins=str(step / outcome.MARGINS_FILE),
+                   heldout_fingerprint=ev["heldout_fingerprint"], seconds=round(time.perf_counter() - t0, 2))
+    log.info("implicit-reward accuracy %.3f [%.3f, %.3f] on %d held-out pairs (%d prompts)", summary["accuracy"],
+             summary["ci_low"], summary["ci_high"], summary["n_pairs"], summary["n_prompts"])
+    return summary
+
+
+def drop_weights(st, trained) -> str:
+    """``keep_models: false``: the trained weights of a train_dpo stage go, and with them its
+    stage record (``stage.json`` becomes ``stage.dropped.json``), so a later run asking for the same
+    stage (another experiment, a pipeline run, this one with a changed evaluation) trains it again
+    instead of finding a model folder without weights. A stage this run found stored (``computed``
+    false) was made by another run that may still use it: its weights stay. Returns what was done."""
+    from fgpo_tasks.stages import STAGE_FILE
+    from fgpo_tasks.storage import file_lock
+
+    if not trained.computed:
+        log.info("train_dpo %s was made by another run: its weights are kept", trained.key)
+        return "kept: shared"
+    folder = st.stage_dir("train_dpo", trained.key)
+    with file_lock(folder.parent / f".{trained.key}.lock"):  # the lock Store.run computes under
+        marker = folder / STAGE_FILE
+        if marker.is_file():
+            marker.replace(folder / "stage.dropped.json")
+        for f in Path(trained.result["model"]).glob("*.safetensors"):
+            f.unlink()
+    return "dropped"
 
 
 def _eval_summary(eval_dir: Path) -> dict:

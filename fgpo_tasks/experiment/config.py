@@ -107,6 +107,10 @@ class ExperimentConfig:
     storage_root: str | None = field(default=None, metadata={
         "help": "the stage store the arms' stages live in (default: <work>/storage, the pipeline's): "
                 "an experiment shares every stage output with pipeline runs and other experiments"})
+    implicit_reward: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "the implicit-reward accuracy outcome (ImplicitRewardConfig fields, "
+                "fgpo_tasks.experiment.outcome): every arm's policy scored on prompt-disjoint held-out "
+                "pairs labelled by the mean of all aspect ratings; {} = off"})
     keep_models: bool = field(default=True, metadata={
         "help": "keep each arm's trained weights; false: delete them once evaluated (the model card "
                 "and the evaluation stay)"})
@@ -127,6 +131,12 @@ class ExperimentConfig:
             f, pf = self.eval_split.get("fraction", 0.3), self.eval_split.get("prompt_fraction", 0.3)
             check(0 < f < 1 and 0 < pf < 1, f"eval_split fractions must be in (0, 1), got {self.eval_split}")
         check(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        from fgpo_tasks.experiment.outcome import ImplicitRewardConfig
+        self.implicit_reward_config = (from_dict(ImplicitRewardConfig, self.implicit_reward, where="implicit_reward")
+                                       if self.implicit_reward else None)
+        check(self.implicit_reward_config is None or bool(self.implicit_reward_config.source) or bool(self.eval_split),
+              "implicit_reward: give a source of rated held-out pairs, or an eval_split whose held-out prompts "
+              "give them")
 
     @property
     def needs(self) -> set[str]:
@@ -221,7 +231,8 @@ _FREE_FIELDS = ("seeds", "description", "tracking_uri", "out_dir", "threads", "k
 
 
 def _identity(cfg: ExperimentConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k not in _FREE_FIELDS}
+    # an unset outcome leaves the identity (and so the MLflow run keys) of earlier configs as it was
+    return {k: v for k, v in to_dict(cfg).items() if k not in _FREE_FIELDS and not (k == "implicit_reward" and not v)}
 
 
 def _mlflow_key(cfg: ExperimentConfig, key: str, *parts: str) -> str:

@@ -101,6 +101,7 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
             fig = {"win_rate": [r["evaluation"]["overall"]["win_rate"] for r in done],
                    "lc_win_rate": [r["evaluation"]["overall"]["lc_win_rate"] for r in done],
                    "reward_delta": [r["evaluation"]["overall"]["reward_delta"] for r in done],
+                   "implicit_accuracy": [(r.get("implicit_reward") or {}).get("accuracy") for r in done],
                    "n_selected": [r["n_selected"] for r in done],
                    "selected_conflict_fraction": [r.get("selected_conflict_fraction") for r in done],
                    "selection_s": [r["cost"]["selection_s"] for r in done],
@@ -113,8 +114,72 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
                     fig[f"{aspect}.{name}"] = [r["evaluation"]["aspects"][aspect][name] for r in done]
             row.update({k: _mean_sd(v) for k, v in fig.items()})
             row["aspects"] = list(done[0]["evaluation"]["aspects"])
+            if cfg.implicit_reward_config is not None:
+                ci = pooled_implicit_ci(cfg, done)
+                row["implicit_ci"] = list(ci) if ci else None  # a list: tuples are (mean, sd) here
+                row["_done"] = done
             rows.append(row)
+    if cfg.implicit_reward_config is not None:
+        for pool in cfg.pool_specs:
+            base = next((r for r in rows if r["pool"] == pool.name and r.get("strategy") == "random"
+                         and r.get("loss_type") == "sigmoid" and "_done" in r), None)
+            for r in rows:
+                if r["pool"] == pool.name and "_done" in r and base is not None and r is not base:
+                    r["implicit_vs_random"] = implicit_difference(cfg, r["_done"], base["_done"])
+    for r in rows:
+        r.pop("_done", None)
     return rows
+
+
+def implicit_correct(done: list[dict]):
+    """({seed: correct (n_pairs,)}, prompt keys) of one (pool, arm)'s finished seeds, from their
+    per-pair margins files (sorted by pair id), or None when a file is missing or the seeds scored
+    different held-out pairs."""
+    import pandas as pd
+
+    paths = {r["seed"]: (r.get("implicit_reward") or {}).get("margins") for r in done}
+    if not paths or not all(p and Path(p).is_file() for p in paths.values()):
+        return None
+    tables = {s: pd.read_parquet(p).sort_values("pair_id").reset_index(drop=True) for s, p in paths.items()}
+    first = next(iter(tables.values()))
+    if any(not t["pair_id"].equals(first["pair_id"]) for t in tables.values()):
+        return None
+    return {s: t["margin"].to_numpy() > 0 for s, t in tables.items()}, first["prompt_key"].tolist()
+
+
+def pooled_implicit_ci(cfg: ExperimentConfig, done: list[dict]) -> tuple[float, float] | None:
+    """CI of the seed-mean implicit-reward accuracy of one (pool, arm): every seed's per-pair
+    margins on the same held-out pairs, the prompts resampled once for all seeds (so it is the
+    held-out sampling's uncertainty of the mean over these seeds, not the seeds' spread)."""
+    from fgpo_tasks.experiment.outcome import bootstrap_by_prompt
+
+    ir, got = cfg.implicit_reward_config, implicit_correct(done)
+    if got is None:
+        return None
+    return bootstrap_by_prompt(list(got[0].values()), got[1], ir.bootstrap_samples, ir.seed, ir.confidence)
+
+
+def implicit_difference(cfg: ExperimentConfig, done: list[dict], baseline: list[dict]):
+    """[difference, CI low, CI high] of the seed-mean implicit-reward accuracy of an arm minus a
+    baseline arm's, over the seeds both finished, paired by held-out pair (prompts resampled
+    once for both); None when they cannot be paired."""
+    from fgpo_tasks.experiment.outcome import bootstrap_difference_by_prompt
+
+    ir = cfg.implicit_reward_config
+    a, b = implicit_correct(done), implicit_correct(baseline)
+    if a is None or b is None or a[1] != b[1]:
+        return None
+    seeds = sorted(set(a[0]) & set(b[0]))
+    if not seeds:
+        return None
+    return list(bootstrap_difference_by_prompt([a[0][s] for s in seeds], [b[0][s] for s in seeds], a[1],
+                                               ir.bootstrap_samples, ir.seed, ir.confidence))
+
+
+def _fmt_ci(ci) -> str:
+    if not ci or not all(math.isfinite(x) for x in ci):
+        return "n/a"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _fmt(ms, digits: int = 3) -> str:
@@ -135,6 +200,15 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
               "the objective DFPO's derivation starts from); true conflict = share of the arm's training pairs "
               "whose PD from the ratings is > 0; cost = wall seconds of "
               "selection (reward models + scoring the arm needs + selection) and DPO training.", ""]
+    if cfg.implicit_reward_config is not None:
+        ir = cfg.implicit_reward_config
+        lines += [f"Implicit-reward accuracy (implicit acc): share of {meta.get('n_heldout_pairs')} held-out pairs "
+                  f"({meta.get('n_heldout_prompts')} prompts, none in a training pool; chosen = the response with the "
+                  "higher MEAN of all aspect ratings, equal means dropped) where the arm's policy gives "
+                  "beta*log(pi/pi_ref)(chosen) - beta*log(pi/pi_ref)(rejected) > 0, pi_ref = the starting policy "
+                  f"(the unmoved policy scores 0); its CI: {ir.confidence:.0%} bootstrap of the seed-mean, "
+                  f"resampling prompts ({ir.bootstrap_samples} resamples); − random: the seed-mean difference from the "
+                  "random arm on the same pairs, its CI paired (each resample of the prompts applied to both).", ""]
     for pool in cfg.pool_specs:
         prow = [r for r in rows if r["pool"] == pool.name]
         aspects = next((r["aspects"] for r in prow if "aspects" in r), [])
@@ -143,15 +217,22 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
             acc = ", ".join(f"{a} {_fmt(v, 2)}" for a, v in facts["proxy_accuracy"].items())
             lines += [f"Pool {pool.name}: {facts['n_pairs']} pairs; proxy held-out accuracy {acc or 'n/a'}; "
                       f"Spearman(PD, PD from ratings) {_fmt(facts['spearman'], 2)}.", ""]
-        headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate", "Δ mean"] + [f"Δ {a}" for a in aspects]
-                   + ["selection s", "training s", "cost vs all"])
+        implicit = cfg.implicit_reward_config is not None
+        headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate"]
+                   + (["implicit acc", "implicit acc CI", "implicit acc − random [CI]"] if implicit else [])
+                   + ["Δ mean"] + [f"Δ {a}" for a in aspects] + ["selection s", "training s", "cost vs all"])
         lines += [f"**pool {pool.name}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for r in prow:
             if "skipped" in r:
                 lines.append(f"| {r['arm']} | " + " | ".join(["—"] * (len(headers) - 2)) + f" | skipped: {r['skipped']} |")
                 continue
             cells = [r["arm"], _fmt(r["n_selected"], 0), _fmt(r["selected_conflict_fraction"], 2),
-                     _fmt(r["lc_win_rate"]), _fmt(r["win_rate"]), _fmt(r["reward_delta"])]
+                     _fmt(r["lc_win_rate"]), _fmt(r["win_rate"])]
+            if implicit:
+                d = r.get("implicit_vs_random")
+                cells += [_fmt(r["implicit_accuracy"]), _fmt_ci(r.get("implicit_ci")),
+                          f"{d[0]:+.3f} {_fmt_ci(d[1:])}" if d and math.isfinite(d[0]) else "n/a"]
+            cells += [_fmt(r["reward_delta"])]
             cells += [_fmt(r[f"{a}.reward_delta"]) for a in aspects]
             cells += [_fmt(r["selection_s"], 1), _fmt(r["training_s"], 1), _fmt(r["cost_vs_all"], 2)]
             lines.append("| " + " | ".join(cells) + " |")
@@ -167,7 +248,9 @@ def plot(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
     import numpy as np
 
     pools = cfg.pool_specs
-    fig, axes = plt.subplots(len(pools), 2, figsize=(13, 3.6 * len(pools)), squeeze=False)
+    implicit = cfg.implicit_reward_config is not None
+    fig, axes = plt.subplots(len(pools), 3 if implicit else 2, figsize=(19 if implicit else 13, 3.6 * len(pools)),
+                             squeeze=False)
     for i, pool in enumerate(pools):
         prow = [r for r in rows if r["pool"] == pool.name and "skipped" not in r]
         if not prow:
@@ -196,6 +279,17 @@ def plot(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
         ax.set_ylabel("LC win rate vs starting policy")
         ax.set_title(f"{pool.name}: length-controlled win rate (mean of aspects)")
         ax.tick_params(axis="x", labelrotation=30)
+        if implicit:
+            ax = axes[i][2]
+            acc = [r["implicit_accuracy"][0] for r in prow]
+            ci = [r.get("implicit_ci") or [m, m] for r, m in zip(prow, acc)]
+            err = np.array([[max(m - lo, 0) for m, (lo, _) in zip(acc, ci)], [max(hi - m, 0) for m, (_, hi) in zip(acc, ci)]])
+            ax.bar(arms, acc, yerr=err, capsize=3, color=[f"C{j}" for j in range(len(arms))])
+            ax.axhline(0.5, color="black", lw=0.8, ls="--")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("implicit-reward accuracy (95% CI by prompt)")
+            ax.set_title(f"{pool.name}: held-out pairs by mean rating")
+            ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -229,6 +323,7 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     meta = {"n_prompts": ev.get("n_prompts"),
             "eval_models_text": ", ".join(f"{a}: {' '.join(Path(m.split(':', 1)[-1]).name if m.startswith('fgpo:') else m for m in ms)}"
                                           for a, ms in models.items())}
+    meta.update(n_heldout_pairs=ev.get("n_heldout_pairs"), n_heldout_prompts=ev.get("n_heldout_prompts"))
     meta["pools"] = {}
     for spec in cfg.pool_specs:
         mine = [d for d in pools if d["pool"] == spec.name]
@@ -247,10 +342,13 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     with open(root / "results.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, tuple)})
-        w.writerow(["pool", "arm", "strategy", "loss_type", "seeds"] + [f"{k}.{s}" for k in keys for s in ("mean", "sd")])
+        w.writerow(["pool", "arm", "strategy", "loss_type", "seeds"] + [f"{k}.{s}" for k in keys for s in ("mean", "sd")]
+                   + ["implicit_ci.low", "implicit_ci.high", "implicit_vs_random", "implicit_vs_random.low",
+                      "implicit_vs_random.high"])
         for r in rows:
             w.writerow([r["pool"], r["arm"], r["strategy"], r["loss_type"], r["seeds"]]
-                       + [x for k in keys for x in (r.get(k) or (None, None))])
+                       + [x for k in keys for x in (r.get(k) or (None, None))] + list(r.get("implicit_ci") or (None, None))
+                       + list(r.get("implicit_vs_random") or (None, None, None)))
     plot(cfg, rows, root / "results.png")
     _log_report(cfg, key, root)
     return {"out_dir": str(root), "results_md": str(root / "results.md"), "plot": str(root / "results.png"),
