@@ -531,3 +531,47 @@ def reduce_shards(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig
         return raw, stats
 
     return run_score(data_dir, out_dir, config, created_at, model_dirs=list(model_dirs), margins=gathered)
+
+
+def run_score_distributed(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, created_at: str,
+                          reward_models_dir: str | Path | None = None, model_dirs: list[str] | None = None
+                          ) -> dict[str, Any] | None:
+    """``run_score`` data-parallel over the processes of ``accelerate launch`` (or torchrun):
+    process r scores shards r, r + P, r + 2P... (``shard_size`` pairs each, default an equal
+    share per process) with every reward model into a shard folder beside ``out_dir``; the main
+    process then reduces them into the scores ``run_score`` writes (the same bytes), and removes
+    the shard folder. Returns the metrics on the main process, None on the others."""
+    import dataclasses
+    import shutil
+
+    from accelerate import PartialState
+
+    from fgpo_tasks import reward_models as rm
+    from fgpo_tasks.stages import result_fields, stage_key
+
+    state = PartialState()
+    if state.num_processes == 1 or config.from_ratings or (reward_models_dir is None and not model_dirs):
+        metrics = run_score(data_dir, out_dir, config, created_at, reward_models_dir, model_dirs) \
+            if state.is_main_process else None
+        state.wait_for_everyone()
+        return metrics
+    models = list(model_dirs) if model_dirs else [m["dir"] for m in rm.discover_models(reward_models_dir)]
+    n = n_pairs(data_dir)
+    cfg = dataclasses.replace(config, shard_size=config.shard_size or max(1, -(-n // state.num_processes)))
+    # keyed by what the margins depend on, so shards of other data or models are never mixed in
+    key, _ = stage_key("score", {"data": str(data_dir), "models": sorted(models)}, result_fields(cfg))
+    out = Path(out_dir)
+    shards = out.parent / f".{out.name}.shards-{key}"
+    mine = range(state.process_index, len(shard_bounds(n, cfg.shard_size)), state.num_processes)
+    for i in mine:
+        for m in sorted(models):
+            score_shard(data_dir, m, i, cfg, shards)
+    log.info("process %d/%d scored shards %s", state.process_index, state.num_processes, list(mine))
+    state.wait_for_everyone()
+    metrics = None
+    if state.is_main_process:
+        metrics = reduce_shards(data_dir, out_dir, cfg, created_at, models, shards)
+        metrics["num_processes"] = state.num_processes
+        shutil.rmtree(shards, ignore_errors=True)
+    state.wait_for_everyone()
+    return metrics

@@ -129,11 +129,11 @@ def _stub_pipeline(calls: list, fail: set[str]) -> types.ModuleType:
     mod.step_reward_model = step("reward_model", lambda i: {"aspect": i["aspect"], "model": f"/store/rm/{i['aspect']}",
                                                              "accuracy": 0.75})
     def step_score_plan(params, data, reward_models):
-        from fgpo_tasks.scoring import shard_plan  # the real planner: 12 pairs in shards of 5
+        from fgpo_tasks.scoring import shard_plan  # the real planner: 12 pairs in shards of 8 (8 + 4)
 
         calls.append({"step": "score_plan", "params": params, "inputs": {"data": data,
                                                                         "reward_models": reward_models}})
-        return shard_plan(12, [m["model"] for m in reward_models], 5)
+        return shard_plan(12, [m["model"] for m in reward_models], 8)
 
     mod.step_score_plan = step_score_plan
     def step_score_shard(params, run_key, created_at, **inputs):  # logs no MLflow run: no link
