@@ -1,13 +1,21 @@
 """
 ### fgpo_retrain: align a policy on the fine-grained preference pairs PD selects
 
-`ingest -> validate -> train_reward_model (mapped: one per aspect validate found) -> score_pd
+`ingest -> validate -> train_reward_model (mapped: one per aspect validate found) -> score_shard
+(mapped: one per shard of the pool and proxy) -> score_pd (the reduce: quantiles, PD, the table)
 -> select -> train_dpo -> evaluate -> register`
 
 Each task calls one step of `fgpo_tasks.pipeline` with plain values (the run's params, the DAG
-run id as run key, the run's logical date / run_after as timestamp, the upstream URIs). Steps write
-under `<storage root>/runs/<run id>/` and commit atomically: a retried or cleared task returns the
-finished result instead of redoing it. XCom carries URIs and small dicts only.
+run id as run key, the run's logical date / run_after as timestamp, the upstream URIs). Each step's
+output is a content-addressed stage folder `<storage root>/stages/<stage>/<key>/` (key: the
+hash of its inputs, config and code), committed atomically; `<storage root>/runs/<run id>/<step>.json`
+records which one the run used. A retried or cleared task finds the finished stage instead of
+redoing it. XCom carries URIs and small dicts only.
+
+**Sharded scoring**: profile field `score.shard_size` (pairs per shard; null: one shard) sets how
+many `score_shard` tasks run (shards x proxies, in parallel on as many workers as the GPU pool
+and queue allow); each writes its raw margins into the score stage's folder, and `score_pd`
+reduces them to exactly the scores one unsharded task would write (same stage key).
 
 **Trigger** by hand with the form (profile plus overrides), or let it run when `fgpo_ingest`
 reports new annotation batches (asset `fgpo_annotation_batches`): such a run trains on every
@@ -81,7 +89,27 @@ def fgpo_retrain():
         return step_reward_model(run.params, run.run_key, run.created_at, data=validated["data"],
                                  aspect=aspect)
 
-    @fgpo_step(**GPU)
+    @task
+    def score_plan(validated: dict, reward_models: list[dict]) -> list[dict]:
+        """The (shard, proxy) units to map score_shard over: {"model", "shard"} each."""
+        from fgpo_tasks.pipeline import step_score_plan
+
+        return step_score_plan(step_run().params, data=validated["data"], reward_models=list(reward_models))
+
+    @fgpo_step(**GPU, map_index_template="{{ fgpo_shard }}")  # the UI lists them as "<aspect> shard <i>"
+    def score_shard(validated: dict, reward_models: list[dict], model: str, shard: int) -> dict:
+        from airflow.sdk import get_current_context
+        from fgpo_tasks.pipeline import step_score_shard
+
+        run = step_run()
+        result = step_score_shard(run.params, run.run_key, run.created_at, data=validated["data"],
+                                  reward_models=list(reward_models), model=model, shard=shard)
+        get_current_context()["fgpo_shard"] = f"{result.get('aspect', model.rstrip('/').rsplit('/', 1)[-1])} shard {shard}"
+        return result
+
+    # The reduce is cheap (quantiles, PD, the table): a CPU task. It also runs when there is no
+    # shard to map (PD from ratings: score_shard is skipped), hence none_failed.
+    @fgpo_step(trigger_rule="none_failed")
     def score_pd(validated: dict, reward_models: list[dict]) -> dict:
         from fgpo_tasks.pipeline import step_score
 
@@ -129,7 +157,10 @@ def fgpo_retrain():
 
     validated = validate(ingest())
     reward_models = train_reward_model.partial(validated=validated).expand(aspect=aspects(validated))
+    shards = score_shard.partial(validated=validated, reward_models=reward_models).expand_kwargs(
+        score_plan(validated, reward_models))
     scored = score_pd(validated=validated, reward_models=reward_models)
+    shards >> scored
     selected = select(validated=validated, scored=scored)
     trained = train_dpo(selected=selected, scored=scored)
     evaluation = evaluate(trained=trained, validated=validated, reward_models=reward_models)

@@ -274,13 +274,11 @@ def step_score(params: dict, run_key: str, created_at: str, data: str, reward_mo
     """PD of every pair, cross-extrapolated from the other aspects' reward models; pairs that a
     proxy scored before come from the score cache (manifest: ``scored`` / ``from_cache`` per aspect)."""
     from fgpo_tasks import workflow
-    from fgpo_tasks.reward_models import UNIFIED
     from fgpo_tasks.scoring import ScoreConfig
 
     cfg = pipeline_config(params)
     config = _stage_config(cfg, "score", ScoreConfig)
-    models = [m["model"] for m in reward_models if m.get("aspect") != UNIFIED]
-    run = workflow.score(_store(cfg), data, models, config, created_at)
+    run = workflow.score(_store(cfg), data, _score_models(reward_models), config, created_at)
     res = run.result
     out = Path(res["scores"])
     result = {"scores": res["scores"], "scored": res.get("scored", {}), "from_cache": res.get("from_cache", {}),
@@ -292,6 +290,37 @@ def step_score(params: dict, run_key: str, created_at: str, data: str, reward_mo
                                                   "selection_confidence": str(res.get("selection_confidence"))},
                                             artifacts=[out / "manifest.json", out / "selection_confidence.json",
                                                        out / "reports"]))
+
+
+def _score_models(reward_models: list[dict]) -> list[str]:
+    from fgpo_tasks.reward_models import UNIFIED
+    return [m["model"] for m in reward_models if m.get("aspect") != UNIFIED]
+
+
+def step_score_plan(params: dict, data: str, reward_models: list[dict]) -> list[dict]:
+    """The (shard, proxy) units of the score stage, ``{"model", "shard"}`` each (what the DAG maps
+    ``score_shard`` over): ``score.shard_size`` pairs per shard (null: one shard) times the
+    proxies; none when PD comes from ratings."""
+    from fgpo_tasks.scoring import ScoreConfig, n_pairs, shard_plan
+
+    cfg = pipeline_config(params)
+    config = _stage_config(cfg, "score", ScoreConfig)
+    if config.from_ratings:
+        return []
+    return shard_plan(n_pairs(data), _score_models(reward_models), config.shard_size)
+
+
+def step_score_shard(params: dict, run_key: str, created_at: str, data: str, reward_models: list[dict],
+                     model: str, shard: int) -> dict:
+    """One (shard, proxy) unit of the score stage: its raw margins, into the stage's folder; the
+    ``score`` step then reduces them (quantiles, PD, the table) into the same output as unsharded."""
+    from fgpo_tasks import workflow
+    from fgpo_tasks.scoring import ScoreConfig
+
+    cfg = pipeline_config(params)
+    config = _stage_config(cfg, "score", ScoreConfig)
+    res = workflow.score_shard(_store(cfg), data, _score_models(reward_models), config, model, shard)
+    return {k: v for k, v in res.items() if k != "path"}
 
 
 def step_select(params: dict, run_key: str, created_at: str, data: str, scores: str) -> dict:

@@ -28,12 +28,13 @@ batch with a reused proxy only runs the models on the new pairs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -76,11 +77,17 @@ class ScoreConfig:
     conflict_review_pairs: int = field(default=50, metadata={
         "help": "the conflict review (reports/conflicts.csv, .html) lists this many pairs with the "
                 "most positive PD"})
+    shard_size: int | None = field(default=None, metadata={
+        "help": "pairs per scoring shard: the fgpo_retrain DAG runs one task per (shard, reward model) "
+                "and a reduce computes quantiles and PD; null = one shard. The scores do not depend on "
+                "it (sharded equals unsharded), so it is not part of the stage key", "inert": True})
 
     def __post_init__(self):
         check(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
         check(self.conflict_review_pairs >= 1,
               f"conflict_review_pairs must be >= 1, got {self.conflict_review_pairs}")
+        check(self.shard_size is None or (isinstance(self.shard_size, int) and self.shard_size >= 1),
+              f"shard_size must be a positive integer or null, got {self.shard_size!r}")
         self.confidence_config()  # bad thresholds fail at config time, quoting the value
 
     def confidence_config(self):
@@ -207,11 +214,23 @@ class ScoreCache:
             out.update(zip(t["pair_id"], t["raw_margin"].astype(float)))
         return out
 
+    def lookup(self, pair_ids) -> np.ndarray:
+        """The cached margin of each of ``pair_ids`` (NaN where none), reading one shard at a time
+        (a later shard wins, as in ``load``)."""
+        want = pd.Index(np.asarray(pair_ids, dtype=object))
+        out = np.full(len(want), np.nan)
+        for shard in sorted(self.dir.glob("shard-*.parquet")):
+            t = pd.read_parquet(shard)
+            pos = pd.Index(t["pair_id"]).get_indexer(want)
+            hit = pos >= 0
+            out[hit] = t["raw_margin"].to_numpy(float)[pos[hit]]
+        return out
+
     def add(self, pair_ids: list[str], margins: np.ndarray) -> None:
-        if not pair_ids:
+        if not len(pair_ids):
             return
         tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
-        pd.DataFrame({"pair_id": pair_ids, "raw_margin": np.asarray(margins, float)}).to_parquet(tmp)
+        pd.DataFrame({"pair_id": list(pair_ids), "raw_margin": np.asarray(margins, float)}).to_parquet(tmp)
         tmp.rename(self.dir / f"shard-{uuid.uuid4().hex}.parquet")
 
 
@@ -229,28 +248,49 @@ def score_cache_key(model: dict) -> str:
     return sha256_hex(*parts)[:32]
 
 
+PAIR_CHUNK = 4096  # pairs per scoring pass: the texts, embeddings and margins of one chunk in memory
+
+
 def _pair_margins(score_fn, rows: pd.DataFrame) -> np.ndarray:
     p = rows["prompt"].tolist()
     r = score_fn(p + p, rows["chosen"].tolist() + rows["rejected"].tolist())
     return r[:len(rows)] - r[len(rows):]
 
 
-def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config: ScoreConfig
-                  ) -> tuple[np.ndarray, dict[str, dict]]:
-    """(N, K) raw margins (NaN outside the mask) and per-model counts of new / cached pairs."""
+def _head_margins(scorers: dict, js: list[int], rows: pd.DataFrame, root, progress: bool) -> dict[int, np.ndarray]:
+    """Margins of frozen models ``js`` (one backbone) on ``rows``: one embedding pass, K heads
+    (``head_values``: a pair's margin does not depend on the chunk or shard it is scored in)."""
+    from fgpo_tasks.reward_models.loading import head_values
+
+    emb = scorers[js[0]].embedder
+    p = rows["prompt"].tolist()
+    e = emb.embed(p + p, rows["chosen"].tolist() + rows["rejected"].tolist(), root, progress=progress)
+    out = {}
+    for j in js:
+        r = head_values(scorers[j].head, e)
+        out[j] = r[:len(rows)] - r[len(rows):]
+    return out
+
+
+def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config: ScoreConfig,
+                  chunk: int = PAIR_CHUNK) -> tuple[np.ndarray, dict[str, dict]]:
+    """(N, K) raw margins (NaN outside the mask) and per-model counts of new / cached pairs.
+
+    Pairs go through the models ``chunk`` at a time (texts, embeddings and margins of one chunk
+    in memory), and each chunk's new margins are written to the score cache as they come."""
     from fgpo_tasks import reward_models as rm
 
     raw = np.full(mask.shape, np.nan)
     stats = {}
     cache_root = config.cache_dir or rm.default_cache_root("scores")
+    ids = df["pair_id"].to_numpy()
     todo = []  # (j, rows needing a model pass, cache)
     for j, m in enumerate(models):
         need = np.flatnonzero(mask[:, j])
         cache = ScoreCache(cache_root, score_cache_key(m)) if config.use_cache else None
-        cached = cache.load() if cache else {}
-        ids = df["pair_id"].to_numpy()
-        hit = np.array([ids[i] in cached for i in need], dtype=bool)
-        raw[need[hit], j] = [cached[ids[i]] for i in need[hit]]
+        cached = cache.lookup(ids[need]) if cache else np.full(len(need), np.nan)
+        hit = ~np.isnan(cached)
+        raw[need[hit], j] = cached[hit]
         stats[m["aspect"]] = {"scored": int((~hit).sum()), "from_cache": int(hit.sum()),
                               "fingerprint": m["fingerprint"]}
         if (~hit).any():
@@ -267,31 +307,26 @@ def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config
         groups.setdefault(emb.key if emb else f"model-{j}", []).append((j, rows, cache))
     for key, items in groups.items():
         union = np.unique(np.concatenate([rows for _, rows, _ in items]))
-        sub = df.iloc[union]
         log.info("scoring %d pairs with %s", len(union), [models[j]["aspect"] for j, _, _ in items])
-        if key.startswith("model-"):
-            j, rows, cache = items[0]
-            vals = {j: _pair_margins(scorers[j], sub)}
-        else:
-            import torch
-
-            emb = scorers[items[0][0]].embedder
-            p = sub["prompt"].tolist()
+        root = None
+        if not key.startswith("model-"):
             root = (config.embedding_cache_dir or models[items[0][0]]["config"].get("cache_dir")
                     or rm.default_cache_root())
-            e = emb.embed(p + p, sub["chosen"].tolist() + sub["rejected"].tolist(), root,
-                          progress=config.progress)
-            vals = {}
-            with torch.inference_mode():
-                for j, _, _ in items:
-                    r = scorers[j].head(torch.as_tensor(e)).numpy().astype(np.float64)
-                    vals[j] = r[:len(sub)] - r[len(sub):]
-        pos = {int(i): n for n, i in enumerate(union)}
-        for j, rows, cache in items:
-            v = vals[j][[pos[int(i)] for i in rows]]
-            raw[rows, j] = v
-            if cache:
-                cache.add(df["pair_id"].iloc[rows].tolist(), v)
+        need = np.zeros((len(df), len(models)), dtype=bool)
+        for j, rows, _ in items:
+            need[rows, j] = True
+        for start in range(0, len(union), chunk):
+            part = union[start:start + chunk]
+            sub = df.iloc[part]
+            if key.startswith("model-"):
+                vals = {items[0][0]: _pair_margins(scorers[items[0][0]], sub)}
+            else:
+                vals = _head_margins(scorers, [j for j, _, _ in items], sub, root, config.progress)
+            for j, _, cache in items:
+                sel = need[part, j]
+                raw[part[sel], j] = vals[j][sel]
+                if cache:
+                    cache.add(ids[part[sel]].tolist(), vals[j][sel])
     return raw, stats
 
 
@@ -319,11 +354,13 @@ def read_scores(scores_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 
 
 def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, created_at: str,
-              reward_models_dir: str | Path | None = None, model_dirs: list[str] | None = None
-              ) -> dict[str, Any]:
+              reward_models_dir: str | Path | None = None, model_dirs: list[str] | None = None,
+              margins: Callable | None = None) -> dict[str, Any]:
     """Score PD for every pair of ``data_dir`` into out_dir/scores.parquet (+ manifest, reports).
 
-    The reward models: every one under ``reward_models_dir``, or the folders ``model_dirs``."""
+    The reward models: every one under ``reward_models_dir``, or the folders ``model_dirs``.
+    ``margins(df, models, mask) -> (raw, stats)`` supplies the raw margins (default
+    ``model_margins``; ``reduce_shards`` passes the margins its shards wrote)."""
     from fgpo_tasks import confidence, conflicts, jsonio, reports
     from fgpo_tasks import reward_models as rm
 
@@ -356,7 +393,7 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
             log.warning("no reward model for aspects %s: PD of other pairs omits them", missing)
         mask = cross_mask(df["aspect"].to_numpy(), aspects, df["pair_id"].to_numpy(),
                           [m["training_ids"] for m in models])
-        raw, stats = model_margins(df, models, mask, config)
+        raw, stats = (margins or (lambda d, ms, mk: model_margins(d, ms, mk, config)))(df, models, mask)
         pd_values, scaled, q = compute_pd(raw, mask, config.gamma)
         source = "reward_models"
         model_info = {m["aspect"]: {"fingerprint": m["fingerprint"], "dir": m["dir"],
@@ -414,4 +451,158 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
              metrics["pd_mean"], metrics["pd_missing"], corr)
     (log.warning if trust["verdict"] == "none" else log.info)(
         "selection confidence %r: %s", trust["verdict"], "; ".join(trust["reasons"]))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded scoring: one task per (shard, reward model), then a cheap reduce (the fgpo_retrain DAG)
+
+SHARD_COLUMNS = ("pair_id", "aspect", "prompt", "chosen", "rejected")
+
+
+def shard_bounds(n_pairs: int, shard_size: int | None) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges of the shards of ``n_pairs`` pairs in file order (the last may be short)."""
+    if shard_size is None or n_pairs <= shard_size:
+        return [(0, n_pairs)]
+    return [(lo, min(lo + shard_size, n_pairs)) for lo in range(0, n_pairs, shard_size)]
+
+
+def shard_plan(n_pairs: int, model_dirs: list[str], shard_size: int | None) -> list[dict]:
+    """One ``{"model", "shard"}`` per (shard, reward model): the kwargs of the DAG's mapped tasks."""
+    return [{"model": str(m), "shard": i}
+            for i in range(len(shard_bounds(n_pairs, shard_size))) for m in sorted(map(str, model_dirs))]
+
+
+def n_pairs(data_dir: str | Path) -> int:
+    """Rows of a pair directory, from its Parquet footer (reads no row)."""
+    import pyarrow.parquet as pq
+
+    path = Path(data_dir) / contract.PAIRS_FILE
+    if not path.is_file():
+        raise FgpoError(f"{data_dir}: not an fgpo data directory (no {contract.PAIRS_FILE})")
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def read_pair_rows(data_dir: str | Path, lo: int, hi: int, columns=SHARD_COLUMNS,
+                   batch_rows: int = 65536) -> pd.DataFrame:
+    """Rows [lo, hi) of a pair directory's table (file order), only ``columns``, streamed from
+    Arrow record batches: memory holds this shard's rows, never the whole pool."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(Path(data_dir) / contract.PAIRS_FILE)
+    parts, at = [], 0
+    for batch in f.iter_batches(batch_size=batch_rows, columns=list(columns)):
+        end = at + batch.num_rows
+        if end > lo and at < hi:
+            parts.append(batch.slice(max(lo - at, 0), min(hi, end) - max(lo, at)))
+        at = end
+        if at >= hi:
+            break
+    table = pa.Table.from_batches(parts) if parts else f.schema_arrow.empty_table().select(list(columns))
+    return pd.DataFrame({c: table.column(c).to_pylist() for c in columns})
+
+
+def shard_path(shards_dir: str | Path, aspect: str, shard_index: int, shard_size: int | None) -> Path:
+    from fgpo_tasks.storage import safe_name
+
+    return Path(shards_dir) / safe_name(aspect) / f"{shard_size or 'all'}-{shard_index:05d}.parquet"
+
+
+def score_shard(data_dir: str | Path, model_dir: str | Path, shard_index: int, config: ScoreConfig,
+                shards_dir: str | Path) -> dict:
+    """Raw margins of ONE reward model on ONE shard of the pairs (``config.shard_size`` rows in
+    file order), NaN where the model may not score the pair (its own aspect, its training pairs),
+    written to ``shard_path(...)`` (pair_id, raw_margin) with its counts beside it. A shard
+    already written is returned as it is (a retried task redoes nothing)."""
+    from fgpo_tasks import jsonio
+    from fgpo_tasks import reward_models as rm
+    from fgpo_tasks.storage import atomic_write
+
+    (m,) = rm.load_models([model_dir], include_unified=True)
+    path = shard_path(shards_dir, m["aspect"], shard_index, config.shard_size)
+    stats_file = path.with_suffix(".json")
+    if path.is_file() and stats_file.is_file():
+        return json.loads(stats_file.read_text())
+    bounds = shard_bounds(n_pairs(data_dir), config.shard_size)
+    if not 0 <= shard_index < len(bounds):
+        raise ConfigError(f"shard {shard_index} out of range: {data_dir} has {len(bounds)} shard(s) of "
+                          f"{config.shard_size or 'all'} pairs")
+    lo, hi = bounds[shard_index]
+    df = read_pair_rows(data_dir, lo, hi)
+    mask = cross_mask(df["aspect"].to_numpy(), [m["aspect"]], df["pair_id"].to_numpy(), [m["training_ids"]])
+    raw, stats = model_margins(df, [m], mask, config)
+    result = {"aspect": m["aspect"], "shard": shard_index, "rows": [lo, hi], "path": str(path),
+              "scored": stats[m["aspect"]]["scored"], "from_cache": stats[m["aspect"]]["from_cache"]}
+    atomic_write(stats_file, jsonio.dumps(result))
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    pd.DataFrame({"pair_id": df["pair_id"].to_numpy(), "raw_margin": raw[:, 0]}).to_parquet(tmp, index=False)
+    tmp.rename(path)  # the margins last: a shard exists once its parquet does
+    return result
+
+
+def reduce_shards(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, created_at: str,
+                  model_dirs: list[str], shards_dir: str | Path) -> dict[str, Any]:
+    """Quantiles, PD and the scores table from the shards' raw margins: exactly what ``run_score``
+    writes for the same data and models (shards not written yet are scored here first)."""
+    def gathered(df: pd.DataFrame, models: list[dict], mask: np.ndarray):
+        raw = np.full(mask.shape, np.nan)
+        stats = {m["aspect"]: {"scored": 0, "from_cache": 0, "fingerprint": m["fingerprint"]} for m in models}
+        ids = df["pair_id"].to_numpy()
+        for j, m in enumerate(models):
+            for i, (lo, hi) in enumerate(shard_bounds(len(df), config.shard_size)):
+                res = score_shard(data_dir, m["dir"], i, config, shards_dir)
+                part = pd.read_parquet(res["path"])
+                if len(part) != hi - lo or not np.array_equal(part["pair_id"].to_numpy(), ids[lo:hi]):
+                    raise FgpoError(f"{res['path']}: its pairs are not rows {lo}-{hi} of {data_dir} "
+                                    "(the data changed after the shard was scored)")
+                raw[lo:hi, j] = np.where(mask[lo:hi, j], part["raw_margin"].to_numpy(float), np.nan)
+                stats[m["aspect"]]["scored"] += res["scored"]
+                stats[m["aspect"]]["from_cache"] += res["from_cache"]
+        return raw, stats
+
+    return run_score(data_dir, out_dir, config, created_at, model_dirs=list(model_dirs), margins=gathered)
+
+
+def run_score_distributed(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, created_at: str,
+                          reward_models_dir: str | Path | None = None, model_dirs: list[str] | None = None
+                          ) -> dict[str, Any] | None:
+    """``run_score`` data-parallel over the processes of ``accelerate launch`` (or torchrun):
+    process r scores shards r, r + P, r + 2P... (``shard_size`` pairs each, default an equal
+    share per process) with every reward model into a shard folder beside ``out_dir``; the main
+    process then reduces them into the scores ``run_score`` writes (the same bytes), and removes
+    the shard folder. Returns the metrics on the main process, None on the others."""
+    import dataclasses
+    import shutil
+
+    from accelerate import PartialState
+
+    from fgpo_tasks import reward_models as rm
+    from fgpo_tasks.stages import result_fields, stage_key
+
+    state = PartialState()
+    if state.num_processes == 1 or config.from_ratings or (reward_models_dir is None and not model_dirs):
+        metrics = run_score(data_dir, out_dir, config, created_at, reward_models_dir, model_dirs) \
+            if state.is_main_process else None
+        state.wait_for_everyone()
+        return metrics
+    models = list(model_dirs) if model_dirs else [m["dir"] for m in rm.discover_models(reward_models_dir)]
+    n = n_pairs(data_dir)
+    cfg = dataclasses.replace(config, shard_size=config.shard_size or max(1, -(-n // state.num_processes)))
+    # keyed by what the margins depend on, so shards of other data or models are never mixed in
+    key, _ = stage_key("score", {"data": str(data_dir), "models": sorted(models)}, result_fields(cfg))
+    out = Path(out_dir)
+    shards = out.parent / f".{out.name}.shards-{key}"
+    mine = range(state.process_index, len(shard_bounds(n, cfg.shard_size)), state.num_processes)
+    for i in mine:
+        for m in sorted(models):
+            score_shard(data_dir, m, i, cfg, shards)
+    log.info("process %d/%d scored shards %s", state.process_index, state.num_processes, list(mine))
+    state.wait_for_everyone()
+    metrics = None
+    if state.is_main_process:
+        metrics = reduce_shards(data_dir, out_dir, cfg, created_at, models, shards)
+        metrics["num_processes"] = state.num_processes
+        shutil.rmtree(shards, ignore_errors=True)
+    state.wait_for_everyone()
     return metrics

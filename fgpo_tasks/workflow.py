@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fgpo_tasks.provenance import sha256_hex, stable_json
-from fgpo_tasks.stages import Store, StageRun, code_version, result_fields
+from fgpo_tasks.stages import Store, StageRun, code_version, result_fields, stage_key
 
 log = logging.getLogger(__name__)
 
@@ -207,17 +207,45 @@ def eval_reward_models(store: Store, eval_rm: str, config, created_at: str) -> t
 # ---------------------------------------------------------------------------------------------
 # scoring and selection
 
+def score_spec(data: str, models: list[str], config) -> tuple[dict, dict]:
+    """(inputs, config fields) of a score stage: its key, the same sharded or not
+    (``shard_size`` is inert)."""
+    return {"data": data, "models": sorted(models)}, result_fields(config)
+
+
 def score(store: Store, data: str, models: list[str], config, created_at: str) -> StageRun:
-    """PD of every pair from the proxies in ``models`` (folders), or from ratings (config)."""
-    from fgpo_tasks.scoring import run_score
+    """PD of every pair from the proxies in ``models`` (folders), or from ratings (config).
+
+    Sharded (``config.shard_size``, or shards the DAG's mapped tasks already wrote into the
+    stage folder, ``score_shard``): the reduce reads their margins, scoring any shard missing;
+    the result is the unsharded one."""
+    from fgpo_tasks.scoring import reduce_shards, run_score
 
     def compute(out: Path) -> dict:
-        metrics = run_score(data, out / "scores", config, created_at, model_dirs=models or None)
+        shards = out / "shards"
+        if models and (config.shard_size is not None or shards.is_dir()):
+            metrics = reduce_shards(data, out / "scores", config, created_at, models, shards)
+        else:
+            metrics = run_score(data, out / "scores", config, created_at, model_dirs=models or None)
         keep = {k: v for k, v in metrics.items() if k not in ("out_dir",)}
         return {"scores": str(out / "scores"), **keep}
 
-    return store.run("score", inputs={"data": data, "models": sorted(models)}, created_at=created_at,
-                     compute=compute, config=result_fields(config))
+    inputs, fields = score_spec(data, models, config)
+    return store.run("score", inputs=inputs, created_at=created_at, compute=compute, config=fields)
+
+
+def score_shard(store: Store, data: str, models: list[str], config, model: str, shard: int) -> dict:
+    """One (shard, proxy) of the score stage: its raw margins, written into the score stage's own
+    folder (``<stage dir>/shards``) before the stage finishes, where ``score`` reduces them.
+    Nothing to do once the stage is stored."""
+    from fgpo_tasks.scoring import score_shard as compute_shard
+
+    inputs, fields = score_spec(data, models, config)
+    key, _ = stage_key("score", inputs, fields)
+    if store.lookup("score", key):
+        return {"stage_key": key, "shard": shard, "model": model, "done": True}
+    res = compute_shard(data, model, shard, config, store.stage_dir("score", key) / "shards")
+    return {"stage_key": key, "done": False, **res}
 
 
 def select(store: Store, scores: str | None, data: str, config, created_at: str) -> StageRun:

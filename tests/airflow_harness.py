@@ -59,7 +59,10 @@ def _task_info(t) -> dict:
     }
     if isinstance(t, MappedOperator):
         expand = t._get_specified_expand_input().value
-        info["expand"] = {k: getattr(getattr(v, "operator", None), "task_id", None) for k, v in expand.items()}
+        if isinstance(expand, dict):  # .expand(name=upstream)
+            info["expand"] = {k: getattr(getattr(v, "operator", None), "task_id", None) for k, v in expand.items()}
+        else:  # .expand_kwargs(upstream): one task per dict the upstream returns
+            info["expand_kwargs"] = getattr(getattr(expand, "operator", None), "task_id", None)
         info["partial"] = sorted(t.partial_kwargs.get("op_kwargs", {}))
     return info
 
@@ -125,6 +128,20 @@ def _stub_pipeline(calls: list, fail: set[str]) -> types.ModuleType:
     mod.step_validate = step("validate", lambda i: {"data": "/store/validate", "aspects": ["a1", "a2", "a3"]})
     mod.step_reward_model = step("reward_model", lambda i: {"aspect": i["aspect"], "model": f"/store/rm/{i['aspect']}",
                                                              "accuracy": 0.75})
+    def step_score_plan(params, data, reward_models):
+        from fgpo_tasks.scoring import shard_plan  # the real planner: 12 pairs in shards of 8 (8 + 4)
+
+        calls.append({"step": "score_plan", "params": params, "inputs": {"data": data,
+                                                                        "reward_models": reward_models}})
+        return shard_plan(12, [m["model"] for m in reward_models], 8)
+
+    mod.step_score_plan = step_score_plan
+    def step_score_shard(params, run_key, created_at, **inputs):  # logs no MLflow run: no link
+        calls.append({"step": "score_shard", "params": params, "run_key": run_key, "created_at": created_at,
+                      "inputs": inputs})
+        return {"aspect": inputs["model"].rsplit("/", 1)[-1], "shard": inputs["shard"], "scored": 4, "from_cache": 0}
+
+    mod.step_score_shard = step_score_shard
     mod.step_score = step("score", lambda i: {"scores": "/store/scores"})
     mod.step_select = step("select", lambda i: {"data": "/store/select", "selected": 4})
     mod.step_train_dpo = step("train_dpo", lambda i: {"model": "/store/dpo"})

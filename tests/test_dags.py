@@ -15,12 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "tests" / "airflow_harness.py"
-GPU_TASKS = {"train_reward_model", "score_pd", "train_dpo", "evaluate"}
-STEP_TASKS = {"ingest", "validate", "train_reward_model", "score_pd", "select", "train_dpo", "evaluate",
-              "register"}
+GPU_TASKS = {"train_reward_model", "score_shard", "train_dpo", "evaluate"}
+STEP_TASKS = {"ingest", "validate", "train_reward_model", "score_shard", "score_pd", "select", "train_dpo",
+              "evaluate", "register"}
 EDGES = {  # task -> its upstream tasks
     "ingest": [], "validate": ["ingest"], "aspects": ["validate"],
-    "train_reward_model": ["aspects", "validate"], "score_pd": ["train_reward_model", "validate"],
+    "train_reward_model": ["aspects", "validate"], "score_plan": ["train_reward_model", "validate"],
+    "score_shard": ["score_plan", "train_reward_model", "validate"],
+    "score_pd": ["score_shard", "train_reward_model", "validate"],
     "select": ["score_pd", "validate"], "train_dpo": ["score_pd", "select"],
     "evaluate": ["train_dpo", "train_reward_model", "validate"],
     "register": ["evaluate", "train_dpo"],
@@ -68,7 +70,7 @@ def ran(tmp_path_factory) -> dict:
         "AIRFLOW_VAR_FGPO_LANDING_DIR": str(home / "landing"),
         "AIRFLOW_VAR_FGPO_LANDING_FORMAT": "trl",
     })
-    report = harness("run", env)
+    report = harness("run", env, timeout=300)  # two retrain runs (one with 6 mapped score shards) and 3 ingests
     report["home"] = str(home)
     return report
 
@@ -108,9 +110,25 @@ def test_retrain_graph_is_the_pipeline(parsed):
 def test_reward_models_are_mapped_over_the_aspects(parsed):
     tasks = parsed["dags"]["fgpo_retrain"]["tasks"]
     mapped = [t for t, info in tasks.items() if info["mapped"]]
-    assert mapped == ["train_reward_model"]
+    assert mapped == ["train_reward_model", "score_shard"]
     assert tasks["train_reward_model"]["expand"] == {"aspect": "aspects"}
     assert tasks["train_reward_model"]["partial"] == ["validated"]
+    # scoring: one task per (shard, proxy) the plan returns, then the reduce on a CPU worker
+    assert tasks["score_shard"]["expand_kwargs"] == "score_plan"
+    assert tasks["score_shard"]["partial"] == ["reward_models", "validated"]
+
+
+def test_scoring_maps_one_task_per_shard_and_proxy(ran):
+    run = ran["ok"]
+    shards = {k: v for k, v in run["task_states"].items() if k.startswith("score_shard")}
+    # 12 pairs in shards of 8 (8, 4) x 3 proxies
+    assert shards == {f"score_shard[{i}]": ["success", 1] for i in range(2 * 3)}
+    units = sorted((c["inputs"]["model"], c["inputs"]["shard"]) for c in run["calls"] if c["step"] == "score_shard")
+    assert units == sorted((f"/store/rm/a{a}", s) for a in (1, 2, 3) for s in range(2))
+    assert all(c["inputs"]["data"] == "/store/validate" for c in run["calls"] if c["step"] == "score_shard")
+    assert run["map_labels"]["score_shard[0]"] == "a1 shard 0"
+    steps = [c["step"] for c in run["calls"]]
+    assert steps.index("score") > max(i for i, s in enumerate(steps) if s == "score_shard")  # the reduce
 
 
 def test_gpu_pool_retries_callbacks_and_links(parsed):
@@ -179,14 +197,15 @@ def test_retrain_run_passes_uris_keys_and_settings_along(ran):
     assert run["state"] == "success"
     calls = run["calls"]
     steps = [c["step"] for c in calls]
-    assert steps == ["ingest", "validate", "reward_model", "reward_model", "reward_model", "score", "select",
-                     "train_dpo", "evaluate", "register"]
+    assert steps == ["ingest", "validate", "reward_model", "reward_model", "reward_model", "score_plan"] + [
+        "score_shard"] * 6 + ["score", "select", "train_dpo", "evaluate", "register"]
     # One reward-model task instance per aspect validate returned.
     assert sorted(c["inputs"]["aspect"] for c in calls if c["step"] == "reward_model") == ["a1", "a2", "a3"]
     assert {k: v for k, v in run["task_states"].items() if k.startswith("train_reward_model")} == {
         f"train_reward_model[{i}]": ["success", 1] for i in range(3)}
     # the UI labels each mapped task instance by its aspect, not 0, 1, 2
-    assert run["map_labels"] == {f"train_reward_model[{i}]": f"a{i + 1}" for i in range(3)}
+    assert {k: v for k, v in run["map_labels"].items() if k.startswith("train_reward_model")} == {
+        f"train_reward_model[{i}]": f"a{i + 1}" for i in range(3)}
     by_step = {c["step"]: c for c in calls}
     assert by_step["validate"]["inputs"] == {"data": "/store/ingest"}
     assert [m["model"] for m in by_step["score"]["inputs"]["reward_models"]] == [f"/store/rm/a{i}" for i in (1, 2, 3)]
@@ -195,7 +214,8 @@ def test_retrain_run_passes_uris_keys_and_settings_along(ran):
     assert by_step["register"]["inputs"]["model"] == "/store/dpo"
     assert by_step["register"]["inputs"]["evaluation"]["win_rate"] == 0.6
     for c in calls:  # run key = DAG run id; timestamp = the run's logical date, the same for every step
-        assert (c["run_key"], c["created_at"]) == (run["run_id"], run["logical_date"])
+        if c["step"] != "score_plan":  # the plan reads the pool's size only
+            assert (c["run_key"], c["created_at"]) == (run["run_id"], run["logical_date"])
         assert c["params"]["budget"] == 0.5 and c["params"]["strategy"] == "random"  # trigger conf
         assert c["params"]["tracking_uri"] == "http://127.0.0.1:9"  # connection fgpo_mlflow
         assert c["params"]["storage_root"] == str(Path(ran["home"]) / "storage")  # Variable
@@ -205,7 +225,9 @@ def test_each_step_links_to_its_mlflow_run(ran):
     links = ran["ok"]["links"]
     assert links["train_reward_model[1]"] == "http://mlflow.example:5000/#/runs/reward_model-a2"
     assert links["register"] == "http://mlflow.example:5000/#/runs/register-run"
-    assert len(links) == 10  # every step task instance, none for the glue task
+    assert len([url for url in links.values() if url]) == 10  # every step task that logs an MLflow run
+    # a score shard logs no run of its own (the reduce, score_pd, logs the stage): an empty link
+    assert {k: v for k, v in links.items() if k.startswith("score_shard")} == {f"score_shard[{i}]": "" for i in range(6)}
 
 
 def test_register_emits_the_registered_model_event(ran):

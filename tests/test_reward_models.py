@@ -134,10 +134,10 @@ def test_embedding_cache_embeds_each_text_once(toy, created_at):
     emb = get_embedder("tiny-bert", 128, cfg.max_prompt_length, "auto", cfg.embed_batch_size)
     cache = EmbeddingCache(toy / "emb", emb.key)
     cache.refresh()
-    rows = sum(len(np.load(f, mmap_mode="r")) for f in cache.dir.glob("shard-*.npy") if ".keys" not in f.name)
+    rows = sum(len(np.load(f, mmap_mode="r")) for f in cache.dir.glob("*/shard-*.npy") if ".keys" not in f.name)
     df = contract.read_pairs(toy / "data")
     texts = set(zip(df["prompt"], df["chosen"])) | set(zip(df["prompt"], df["rejected"]))
-    assert len(cache.index) == len(texts) == rows  # both aspects' runs: each text embedded once
+    assert len(cache) == len(texts) == rows  # both aspects' runs: each text embedded once
 
 
 def test_debiasing_lowers_length_correlation(tmp_path, created_at):

@@ -1,6 +1,13 @@
-"""fgpo score: PD of every pair, from cross-extrapolated reward-model margins or from ratings."""
+"""fgpo score: PD of every pair, from cross-extrapolated reward-model margins or from ratings.
+
+Data-parallel: ``accelerate launch --num_processes N -m fgpo_tasks.cli score ...`` splits the
+pairs into shards over the N processes (``shard_size``, default an equal share each) and the main
+process writes the same scores one process would (``scoring.run_score_distributed``).
+"""
 
 from __future__ import annotations
+
+import os
 
 HELP = "score preference divergence (PD) per pair from reward models or ratings"
 
@@ -45,5 +52,10 @@ def main(args) -> dict:
     flags = dict(gamma=args.gamma, from_ratings=args.from_ratings, use_cache=args.use_cache)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     config = load_config(ScoreConfig, args.config, **overrides)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch --num_processes N`
+        from fgpo_tasks.scoring import run_score_distributed
+
+        return run_score_distributed(args.data, args.out, config, run_timestamp(args.created_at),
+                                     reward_models_dir=args.reward_models)
     return run_score(args.data, args.out, config, run_timestamp(args.created_at),
                      reward_models_dir=args.reward_models)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -72,74 +73,205 @@ def _autocast(device: str):
 
 
 
+BUCKET_CHARS = 1  # a text key's first hex character names its bucket: 16 buckets
+WRITE_CHUNK = 4096  # texts embedded (and written as shards) per compute call: bounds memory
+
+
+def bucket_of(key: str) -> str:
+    """The bucket of a text key: its first hex characters (text keys are sha256 hex); any other
+    string is hashed first, so a bucket name is always a safe folder name."""
+    head = key[:BUCKET_CHARS].lower()
+    if len(head) == BUCKET_CHARS and all(c in "0123456789abcdef" for c in head):
+        return head
+    return sha256_hex(key)[:BUCKET_CHARS]
+
+
+class _Bucket:
+    """The key index of one bucket: sorted key bytes, and for each the shard and row holding it."""
+
+    __slots__ = ("keys", "shard", "row", "sids", "seen")
+
+    def __init__(self):
+        self.keys = np.empty(0, dtype="S1")
+        self.shard = np.empty(0, dtype=np.int32)
+        self.row = np.empty(0, dtype=np.int32)
+        self.sids: list[str] = []  # "<bucket>/shard-<id>"
+        self.seen: set[str] = set()
+
+    def extend(self, sid: str, keys: np.ndarray) -> None:
+        self.seen.add(sid)
+        self.sids.append(sid)
+        keys = _as_bytes(keys)
+        all_keys = np.concatenate([self.keys, keys])  # bytes of the wider width
+        shard = np.concatenate([self.shard, np.full(len(keys), len(self.sids) - 1, np.int32)])
+        row = np.concatenate([self.row, np.arange(len(keys), dtype=np.int32)])
+        order = np.argsort(all_keys, kind="stable")  # an older shard's row wins a duplicate key
+        self.keys, self.shard, self.row = all_keys[order], shard[order], row[order]
+
+    def locate(self, keys: np.ndarray) -> np.ndarray:
+        """Positions in the index of ``keys`` (bytes), -1 where absent."""
+        if not len(self.keys):
+            return np.full(len(keys), -1)
+        pos = np.searchsorted(self.keys, keys)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, pos, -1)
+
+
+def _as_bytes(keys) -> np.ndarray:
+    arr = np.asarray(keys)
+    if arr.dtype.kind == "S":
+        return arr
+    return np.char.encode(arr.astype(str), "utf-8") if len(arr) else np.empty(0, dtype="S1")
+
+
 class EmbeddingCache:
     """Embeddings keyed by text hash, one folder per embedding key (backbone contents + recipe).
 
-    A shard is ``shard-<id>.npy`` (float32 rows) plus ``shard-<id>.keys.npy`` (its text keys),
-    each written to a unique temporary name and renamed, the keys last: a shard exists for a
-    reader once its keys do. Readers take no lock: they read the key files (the index, cached per
+    Layout: ``<key>/<bucket>/shard-<id>.npy`` (float32 rows) plus ``shard-<id>.keys.npy`` (its
+    text keys), where the bucket is the text key's first two hex characters (``bucket_of``); a
+    write puts each text in the shard of its bucket. Each file is written to a unique temporary
+    name and renamed, the keys last: a shard exists for a reader once its keys do. Readers take no
+    lock: a lookup reads the key files of the buckets its texts fall in (the index, cached per
     process and extended only by new shards) and then, memory-mapped, only the rows of the shards
-    that hold the texts they ask for. Writers of missing texts serialise on a file lock and look
-    again once they hold it, so parallel tasks embed each text once overall."""
+    that hold its texts; a lookup never touches the other buckets. Writers of missing texts
+    serialise per bucket (16 locks, so writers of other buckets proceed in parallel) and look
+    again once they hold the lock, so parallel tasks embed each
+    text once overall. Shards written by earlier versions (``<key>/shard-*``, no bucket) are moved
+    into buckets the first time a cache folder is opened for writing or looked up."""
 
     def __init__(self, root: str | Path, backbone_key: str):
         self.dir = Path(root) / backbone_key
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.index: dict[str, tuple[str, int]] = {}
-        self._shards: set[str] = set()
+        self._buckets: dict[str, _Bucket] = {}
+        self._legacy_checked = False
 
-    def refresh(self) -> None:
-        for kf in sorted(self.dir.glob("shard-*.keys.npy")):
-            sid = kf.name[:-len(".keys.npy")]
-            if sid in self._shards:
+    def __len__(self) -> int:
+        """Keys in the buckets read so far (``refresh()`` reads them all)."""
+        return sum(len(b.keys) for b in self._buckets.values())
+
+    def _bucket(self, name: str) -> _Bucket:
+        if name not in self._buckets:
+            self._buckets[name] = _Bucket()
+        return self._buckets[name]
+
+    def _migrate_legacy(self) -> None:
+        """Move shards of the flat layout (one folder of uuid shards) into buckets, once."""
+        from fgpo_tasks.storage import file_lock
+
+        if self._legacy_checked:
+            return
+        self._legacy_checked = True
+        if not any(self.dir.glob("shard-*.keys.npy")):
+            return
+        with file_lock(self.dir / ".write.lock"):
+            for kf in sorted(self.dir.glob("shard-*.keys.npy")):
+                vf = kf.with_name(kf.name[:-len(".keys.npy")] + ".npy")
+                keys = np.load(kf, allow_pickle=False).tolist()
+                self.refresh(sorted({bucket_of(k) for k in keys}))
+                have = self._locate(keys)
+                new = [i for i, (b, p) in enumerate(have) if p < 0]
+                if new:
+                    vecs = np.load(vf, mmap_mode="r", allow_pickle=False)
+                    self.add([keys[i] for i in new], np.asarray(vecs[new]))
+                kf.unlink()
+                vf.unlink(missing_ok=True)
+            log.info("embedding cache %s: moved flat shards into buckets", self.dir)
+
+    def refresh(self, buckets=None) -> None:
+        """Read the key files of ``buckets`` (default: every bucket) not read yet."""
+        self._migrate_legacy()
+        names = buckets if buckets is not None else sorted(
+            d.name for d in self.dir.iterdir() if d.is_dir() and len(d.name) == BUCKET_CHARS)
+        for name in names:
+            folder = self.dir / name
+            if not folder.is_dir():
                 continue
-            for i, k in enumerate(np.load(kf, allow_pickle=False).tolist()):
-                self.index.setdefault(k, (sid, i))
-            self._shards.add(sid)
+            b = self._bucket(name)
+            for kf in sorted(folder.glob("shard-*.keys.npy")):
+                sid = f"{name}/{kf.name[:-len('.keys.npy')]}"
+                if sid not in b.seen:
+                    b.extend(sid, np.load(kf, allow_pickle=False))
+
+    def _locate(self, keys: list[str]) -> list[tuple[str, int]]:
+        """(bucket, index position or -1) per key, from the buckets read so far."""
+        by_bucket: dict[str, list[int]] = {}
+        for n, k in enumerate(keys):
+            by_bucket.setdefault(bucket_of(k), []).append(n)
+        out: list[tuple[str, int]] = [("", -1)] * len(keys)
+        for name, positions in by_bucket.items():
+            b = self._buckets.get(name)
+            found = b.locate(_as_bytes([keys[n] for n in positions])) if b else np.full(len(positions), -1)
+            for n, p in zip(positions, found.tolist()):
+                out[n] = (name, p)
+        return out
 
     def missing(self, keys) -> list[str]:
-        return [k for k in dict.fromkeys(keys) if k not in self.index]
+        keys = list(dict.fromkeys(keys))
+        return [k for k, (_, p) in zip(keys, self._locate(keys)) if p < 0]
 
     def get(self, keys: list[str]) -> np.ndarray:
         """The rows of ``keys`` (all present), reading only the shards that hold them."""
-        where: dict[str, list[int]] = {}
-        for n, k in enumerate(keys):
-            where.setdefault(self.index[k][0], []).append(n)
+        where: dict[str, tuple[list[int], list[int]]] = {}
+        for n, (name, p) in enumerate(self._locate(keys)):
+            if p < 0:
+                raise FgpoError(f"{self.dir}: text key {keys[n]!r} is not in the embedding cache")
+            b = self._buckets[name]
+            positions, rows = where.setdefault(b.sids[b.shard[p]], ([], []))
+            positions.append(n)
+            rows.append(int(b.row[p]))
         out = None
-        for sid, positions in where.items():
+        for sid, (positions, rows) in where.items():
             arr = np.load(self.dir / f"{sid}.npy", mmap_mode="r", allow_pickle=False)
             if out is None:
                 out = np.empty((len(keys), arr.shape[1]), dtype=np.float32)
-            out[positions] = arr[[self.index[keys[n]][1] for n in positions]]
+            out[positions] = arr[rows]
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
     def add(self, keys: list[str], emb: np.ndarray) -> None:
+        """Write rows of ``keys`` as one shard per bucket."""
         from fgpo_tasks.storage import atomic_write
 
         if not keys:
             return
-        sid = f"shard-{uuid.uuid4().hex}"
-        for suffix, arr in ((".npy", emb.astype(np.float32)), (".keys.npy", np.array(keys))):
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            atomic_write(self.dir / f"{sid}{suffix}", buf.getvalue())
-        for i, k in enumerate(keys):
-            self.index.setdefault(k, (sid, i))
-        self._shards.add(sid)
+        emb = np.asarray(emb, dtype=np.float32)
+        groups: dict[str, list[int]] = {}
+        for n, k in enumerate(keys):
+            groups.setdefault(bucket_of(k), []).append(n)
+        shard_id = uuid.uuid4().hex
+        for name, rows in groups.items():
+            sid = f"{name}/shard-{shard_id}"
+            part = _as_bytes([keys[n] for n in rows])
+            for suffix, arr in ((".npy", emb[rows]), (".keys.npy", part)):
+                buf = io.BytesIO()
+                np.save(buf, arr, allow_pickle=False)
+                atomic_write(self.dir / f"{sid}{suffix}", buf.getvalue())
+            b = self._bucket(name)
+            if sid not in b.seen:
+                b.extend(sid, part)
 
     def fetch(self, keys: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-        """Rows of ``keys``; ``compute(missing keys)`` embeds those no shard holds yet."""
+        """Rows of ``keys``; ``compute(missing keys)`` embeds those no shard holds yet (called on
+        at most ``WRITE_CHUNK`` keys at a time, each result written before the next call)."""
         from fgpo_tasks.storage import file_lock
 
-        self.refresh()
-        if self.missing(keys):
-            with file_lock(self.dir / ".write.lock"):
-                self.refresh()  # another writer may have added them meanwhile
-                missing = self.missing(keys)
-                if missing:
-                    log.info("embedding %d new texts (%d cached)", len(missing),
-                             len(set(keys)) - len(missing))
-                    self.add(missing, compute(missing))
+        buckets = sorted({bucket_of(k) for k in keys})
+        self.refresh(buckets)
+        missing = self.missing(keys)
+        if missing:
+            groups: dict[str, list[str]] = {}
+            for k in missing:
+                groups.setdefault(bucket_of(k), []).append(k)
+            names = sorted(groups)
+            start = os.getpid() % len(names)  # parallel writers start in different buckets
+            for g in names[start:] + names[:start]:
+                with file_lock(self.dir / f".write-{g}.lock"):
+                    self.refresh([g])  # another writer may have added them meanwhile
+                    todo = self.missing(groups[g])
+                    if todo:
+                        log.info("embedding %d new texts", len(todo))
+                    for i in range(0, len(todo), WRITE_CHUNK):
+                        chunk = todo[i:i + WRITE_CHUNK]
+                        self.add(chunk, compute(chunk))
         return self.get(keys)
 
 

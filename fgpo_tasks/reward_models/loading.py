@@ -75,6 +75,36 @@ def _score_classifier(model, tokenizer, prompts, responses, cfg_like: dict, devi
 
 
 
+def head_values(head, e: np.ndarray) -> np.ndarray:
+    """r(e) of a frozen head (``_make_head``) in float64, each row on its own: the same value for
+    a text whatever batch, chunk or shard it is scored in (a batched torch matmul picks kernels by
+    batch size, which moves the last bits). Naive equivalent: ``head(torch.as_tensor(e))``."""
+    state = {k: v.detach().double().cpu().numpy() for k, v in head.state_dict().items()}
+    x = (np.asarray(e, dtype=np.float64) - state["mean"]) / state["std"]
+    if "net.weight" in state:  # linear
+        return (x * state["net.weight"][0]).sum(axis=1) + state["net.bias"][0]
+    from scipy.special import erf
+
+    w1, b1, w2, b2 = (state[k] for k in ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"))
+    out = np.empty(len(x))
+    for i in range(0, len(x), 64):  # (64, hidden, dim) products at a time
+        z = (x[i:i + 64, None, :] * w1[None]).sum(axis=2) + b1
+        g = 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))  # exact GELU, as nn.GELU()
+        out[i:i + 64] = (g * w2[0]).sum(axis=1) + b2[0]
+    return out
+
+
+SCORE_CHUNK = 8192  # texts per pass of a scorer: tokens, embeddings and outputs of one chunk at a time
+
+
+def _in_chunks(fn: Callable[[list[str], list[str]], np.ndarray], prompts: list[str], responses: list[str],
+               size: int = SCORE_CHUNK) -> np.ndarray:
+    """``fn`` over consecutive chunks of at most ``size`` texts, concatenated (bounded memory)."""
+    if len(prompts) <= size:
+        return fn(prompts, responses)
+    return np.concatenate([fn(prompts[i:i + size], responses[i:i + size]) for i in range(0, len(prompts), size)])
+
+
 def load_record(model_dir: str | Path) -> dict:
     f = Path(model_dir) / MODEL_FILE
     if not f.is_file():
@@ -111,9 +141,11 @@ def load_scorer(model_dir: str | Path, cache_dir: str | Path | None = None, prog
                 raise FgpoError(f"{len(prompts)} prompts but {len(responses)} responses")
             if not prompts:
                 return np.empty(0)
-            e = emb.embed(list(prompts), list(responses), root, progress=progress)
-            with torch.inference_mode():
-                return head(torch.as_tensor(e)).numpy().astype(np.float64)
+
+            def chunk(p: list[str], r: list[str]) -> np.ndarray:
+                return head_values(head, emb.embed(p, r, root, progress=progress))
+
+            return _in_chunks(chunk, list(prompts), list(responses))
 
         score.embedder = emb  # lets the scoring stage batch K heads over one embedding pass
         score.head = head
@@ -135,8 +167,8 @@ def load_scorer(model_dir: str | Path, cache_dir: str | Path | None = None, prog
             raise FgpoError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return np.empty(0)
-        return _score_classifier(model, tok, list(prompts), list(responses), cfg, device,
-                                 cfg["embed_batch_size"], progress)
+        return _in_chunks(lambda p, r: _score_classifier(model, tok, p, r, cfg, device, cfg["embed_batch_size"],
+                                                         progress), list(prompts), list(responses))
 
     return score
 
