@@ -108,6 +108,39 @@ def child_reuse(data: Path, root: Path, tokenizer_spec: str, max_length: int) ->
     return {"open_s": open_s, "collate_ms": (time.perf_counter() - t0) / len(batches) * 1000}
 
 
+def child_small(work: Path, n: int = 48, repeats: int = 5) -> dict:
+    """The small path training takes on every run: what it did before the store (tokenize_pairs on
+    the read table) against ``prepare`` cold (build) and warm (open), medians in ms."""
+    import statistics
+
+    import pandas as pd
+
+    from fgpo_tasks import models, synthetic
+    from fgpo_tasks.contract import read_pairs, write_pairs
+    from fgpo_tasks.dpo import data as dpo_data, tokenstore
+
+    pairs = work / f"small-{n}"
+    shutil.rmtree(pairs, ignore_errors=True)
+    write_pairs(pd.DataFrame(synthetic.generate(synthetic.SyntheticConfig(n_pairs=n, seed=0))), pairs,
+                stage="bench", config={}, created_at="2026-01-01T00:00:00+00:00")
+    out = {}
+    for spec in ("tiny-llama", "smollm2-135m-instruct"):
+        tok = models.load_tokenizer(spec)
+        df = read_pairs(pairs)
+        times: dict[str, list[float]] = {"tokenize_pairs": [], "cold": [], "warm": []}
+        for r in range(repeats):
+            root = work / f"small-stores-{spec}-{r}"
+            shutil.rmtree(root, ignore_errors=True)
+            for name, fn in (("tokenize_pairs", lambda: dpo_data.tokenize_pairs(df, tok, 512, 256)),
+                             ("cold", lambda: tokenstore.prepare(pairs, tok, 512, 256, root)),
+                             ("warm", lambda: tokenstore.prepare(pairs, tok, 512, 256, root))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1000)
+        out[spec] = {k: statistics.median(v) for k, v in times.items()}
+    return out
+
+
 def measure(argv: list[str], env: dict) -> tuple[dict, float, float]:
     """(the child's JSON result + its cpu_s, wall seconds, peak RSS MB) of one child process."""
     result = Path(argv[argv.index("--result") + 1])
@@ -121,14 +154,33 @@ def measure(argv: list[str], env: dict) -> tuple[dict, float, float]:
     return {**json.loads(result.read_text()), "cpu_s": usage["cpu_s"]}, wall, usage["peak_rss_mb"]
 
 
+def small_path(args, work: Path, env: dict) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    small, _, _ = measure(["--child", "small", "--work", str(work), "--result", str(work / "r-small.json")], env)
+    small.pop("cpu_s")
+    text = "\n".join([
+        "## DPO token store: the small path before and after", "",
+        "`.venv/bin/python benchmarks/bench_tokenstore.py --small`  ",
+        f"48 synthetic pairs, max_length 512, medians of 5 (ms); machine: {machine()} (shared with other jobs). "
+        "What training did on every run before the store (`tokenize_pairs` on the read table) against "
+        "`prepare` cold (the first run: key, tokenise, write, fingerprint) and warm (every later run, a "
+        "resume, another rank: key and open).", "",
+        markdown_table(["tokenizer", "tokenize_pairs ms (before)", "store cold ms", "store warm ms"],
+                       [[spec, v["tokenize_pairs"], v["cold"], v["warm"]] for spec, v in small.items()])])
+    print(text)
+    if not args.no_write:
+        write_section("tokenstore-small", text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--tokenizer", default="tiny-llama", help="tiny-llama (byte level) or smollm2-135m-instruct")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--work", default=str(REPO / "work" / "bench_tokenstore"))
+    p.add_argument("--small", action="store_true", help="only the small path: 48 pairs, before vs cold / warm store")
     p.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
-    p.add_argument("--child", choices=["make", "build", "reuse"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["make", "build", "reuse", "small"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -140,6 +192,8 @@ def main() -> None:
         if args.child == "make":
             make_pairs(args.n, data)
             res = {"make_s": time.perf_counter() - t0}
+        elif args.child == "small":
+            res = child_small(work)
         elif args.child == "build":
             res = child_build(data, root, args.tokenizer, args.max_length)
         else:
@@ -149,6 +203,8 @@ def main() -> None:
 
     env = {**os.environ, **MALLOC, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "FGPO_WORK_DIR": os.environ.get("FGPO_WORK_DIR", str(REPO / "work"))}
+    if args.small:
+        return small_path(args, work, env)
     rows, builds = [], {}
     for n in [int(s) for s in args.sizes.split(",")]:
         shutil.rmtree(work / f"stores-{n}", ignore_errors=True)  # a cold build
@@ -173,7 +229,7 @@ def main() -> None:
         "`" + " ".join([".venv/bin/python benchmarks/bench_tokenstore.py"] + shown) + "`  ",
         f"Synthetic short texts (prompts ~30-70 characters, responses ~20-110; vectorised Parquet, not the "
         f"generator), {args.tokenizer} tokenizer with its chat template, max_length {args.max_length}. "
-        f"Machine: {machine()} (shared with other jobs). Each column is one process; peak RSS is its maximum "
+        f"Machine: {machine()} (shared with other jobs). Build and reuse each run in their own process; peak RSS is its maximum "
         f"resident set (getrusage RUSAGE_CHILDREN of a wrapper around it), memory-mapped pages it touched included.", "",
         "build: `tokenstore.prepare` cold (read Parquet in batches of 8,192 rows, tokenise, write the Arrow "
         "file, fingerprint the tokens; wall s includes Python start-up and imports; CPU s is the "
