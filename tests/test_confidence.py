@@ -82,6 +82,19 @@ def test_chance_proxies_give_none():
     assert verdict(confidence.proxy_evidence(_models({"a": 0.8}, 4)), None, ConfidenceConfig())[0] == "none"
 
 
+def test_pd_at_chance_against_the_ratings_gives_none_whatever_the_proxies_accuracy():
+    """The helpful-vs-safe case of issue 13: proxies above chance on their own aspect, but PD does
+    not find the rating conflicts. The ratings measure PD itself, so they decide."""
+    rng = np.random.default_rng(4)
+    pd_r = rng.normal(size=500)
+    models = _models({"helpful": 0.62, "safe": 0.5}, 300)
+    report = selection_confidence("reward_models", models, rng.normal(size=500), pd_r, ConfidenceConfig())
+    assert report["ratings"]["conflict_auc_ci"][0] <= 0.5  # unrelated PD: the interval reaches chance
+    assert report["verdict"] == "none" and "conflict AUC" in report["reasons"][0]
+    off = ConfidenceConfig(none_if_auc_at_chance=False)
+    assert selection_confidence("reward_models", models, rng.normal(size=500), pd_r, off)["verdict"] == "weak"
+
+
 def test_exact_proxies_give_ok_with_and_without_ratings():
     rng = np.random.default_rng(2)
     pd_r = rng.normal(size=400)
