@@ -354,3 +354,26 @@ def test_the_pipeline_knob_overrides_the_profile_and_is_checked():
         pipeline.pipeline_config({"profile": "tiny", "on_weak_proxies": "sometimes"})
     with pytest.raises(ConfigError, match="on_weak_proxies must be one of"):
         SelectConfig(on_weak_proxies="sometimes")
+
+
+def test_pipeline_steps_fall_back_to_pd_from_ratings_and_record_it(tmp_path, one_thread):
+    """The tiny profile up to select, with a confidence level so high that its 10 held-out pairs
+    per proxy cannot beat chance: the select step falls back and its result and MLflow say so."""
+    from mlflow import MlflowClient
+
+    from fgpo_tasks import pipeline
+
+    params = {"profile": "tiny", "storage_root": str(tmp_path / "storage"),
+              "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "on_weak_proxies": "fallback_ratings",
+              "stages": {"score": {"confidence": {"level": 0.9999}}}}
+    at = "2026-01-01T00:00:00+00:00"
+    valid = pipeline.step_validate(params, "fb", at, pipeline.step_ingest(params, "fb", at)["data"])
+    models = [pipeline.step_reward_model(params, "fb", at, valid["data"], a) for a in valid["reward_models"]]
+    scores = pipeline.step_score(params, "fb", at, valid["data"], models)
+    assert scores["selection_confidence"] == "none"
+    selected = pipeline.step_select(params, "fb", at, valid["data"], scores["scores"])
+    assert selected["selection_confidence"] == "none" and selected["confidence_action"] == "fallback"
+    assert selected["strategy"] == "pd_ratings" and selected["requested_strategy"] == "pd"
+    assert contract.read_manifest(selected["data"])["selection"]["strategy"] == "pd_ratings"
+    tags = MlflowClient(params["tracking_uri"]).get_run(selected["mlflow_run_id"]).data.tags
+    assert tags["selection_confidence"] == "none" and tags["fgpo.selected_strategy"] == "pd_ratings"
