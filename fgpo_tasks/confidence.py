@@ -16,7 +16,9 @@ The evidence:
 The verdict (thresholds: ``ConfidenceConfig``):
 
 - ``none``: no proxy is distinguishable from chance: every proxy's interval reaches down to 0.5
-  (it includes 0.5, or lies below it: a proxy worse than chance is no evidence either);
+  (it includes 0.5, or lies below it: a proxy worse than chance is no evidence either); or, with
+  enough rated pairs and ``none_if_auc_at_chance``, the conflict AUC's interval reaches 0.5 (PD
+  itself, measured against the ratings, is at chance);
 - ``ok``: not ``none``, the mean accuracy >= ``ok_mean_accuracy``, every proxy's accuracy >=
   ``ok_min_accuracy`` and, where ratings give enough pairs (``min_rating_pairs``), the conflict
   AUC >= ``ok_conflict_auc`` and the Spearman correlation >= ``ok_spearman``;
@@ -55,6 +57,10 @@ class ConfidenceConfig:
         "help": "with ratings, ok needs the conflict AUC (PD vs pd_ratings > 0) at least this"})
     ok_spearman: float = field(default=0.30, metadata={
         "help": "with ratings, ok needs Spearman(PD, PD from ratings) at least this"})
+    none_if_auc_at_chance: bool = field(default=True, metadata={
+        "help": "with enough rated pairs, a conflict-AUC interval that reaches 0.5 also gives 'none': "
+                "PD measured directly against PD from ratings is at chance, whatever the proxies' "
+                "own accuracies"})
     min_rating_pairs: int = field(default=20, metadata={
         "help": "the rating figures enter the verdict only with at least this many pairs carrying "
                 "both PDs (and both conflicting and other pairs, for the AUC)"})
@@ -158,6 +164,12 @@ def verdict(proxies: dict[str, dict], ratings: dict | None, config: ConfidenceCo
                           for a, p in sorted(proxies.items())) or "no proxy"
         return "none", [f"no proxy is distinguishable from chance: every held-out accuracy interval "
                         f"reaches 0.5 ({shown})"]
+    rated = bool(ratings and ratings["n_pairs"] >= config.min_rating_pairs)
+    ci = ratings.get("conflict_auc_ci") if rated else None
+    if config.none_if_auc_at_chance and ci and ci[0] <= 0.5:
+        return "none", [f"PD does not find the pairs PD from ratings calls conflicting better than chance: "
+                        f"conflict AUC {_fmt(ratings['conflict_auc'])} (CI {_fmt_ci(ci)}, "
+                        f"{ratings['n_pairs']} pairs)"]
     reasons = []
     accs = {a: p["accuracy"] for a, p in proxies.items() if p.get("accuracy") is not None}
     mean = float(np.mean(list(accs.values())))
@@ -167,7 +179,7 @@ def verdict(proxies: dict[str, dict], ratings: dict | None, config: ConfidenceCo
     if low:
         reasons.append("held-out accuracy below ok_min_accuracy "
                        f"{config.ok_min_accuracy}: " + ", ".join(f"{a} {_fmt(accs.get(a))}" for a in low))
-    if ratings and ratings["n_pairs"] >= config.min_rating_pairs:
+    if rated:
         a = ratings.get("conflict_auc")
         if a is not None and a < config.ok_conflict_auc:
             reasons.append(f"conflict AUC {a:.3f} < ok_conflict_auc {config.ok_conflict_auc}")

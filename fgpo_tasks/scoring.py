@@ -73,7 +73,7 @@ class ScoreConfig:
     confidence: dict = field(default_factory=dict, metadata={
         "help": "thresholds of the selection_confidence verdict: fields of "
                 "fgpo_tasks.confidence.ConfidenceConfig (level, ok_mean_accuracy, ok_min_accuracy, "
-                "ok_conflict_auc, ok_spearman, min_rating_pairs); empty = the defaults"})
+                "ok_conflict_auc, ok_spearman, none_if_auc_at_chance, min_rating_pairs); empty = the defaults"})
     conflict_review_pairs: int = field(default=50, metadata={
         "help": "the conflict review (reports/conflicts.csv, .html) lists this many pairs with the "
                 "most positive PD"})

@@ -82,6 +82,19 @@ def test_chance_proxies_give_none():
     assert verdict(confidence.proxy_evidence(_models({"a": 0.8}, 4)), None, ConfidenceConfig())[0] == "none"
 
 
+def test_pd_at_chance_against_the_ratings_gives_none_whatever_the_proxies_accuracy():
+    """The helpful-vs-safe case of issue 13: proxies above chance on their own aspect, but PD does
+    not find the rating conflicts. The ratings measure PD itself, so they decide."""
+    rng = np.random.default_rng(4)
+    pd_r = rng.normal(size=500)
+    models = _models({"helpful": 0.62, "safe": 0.5}, 300)
+    report = selection_confidence("reward_models", models, rng.normal(size=500), pd_r, ConfidenceConfig())
+    assert report["ratings"]["conflict_auc_ci"][0] <= 0.5  # unrelated PD: the interval reaches chance
+    assert report["verdict"] == "none" and "conflict AUC" in report["reasons"][0]
+    off = ConfidenceConfig(none_if_auc_at_chance=False)
+    assert selection_confidence("reward_models", models, rng.normal(size=500), pd_r, off)["verdict"] == "weak"
+
+
 def test_exact_proxies_give_ok_with_and_without_ratings():
     rng = np.random.default_rng(2)
     pd_r = rng.normal(size=400)
@@ -341,3 +354,26 @@ def test_the_pipeline_knob_overrides_the_profile_and_is_checked():
         pipeline.pipeline_config({"profile": "tiny", "on_weak_proxies": "sometimes"})
     with pytest.raises(ConfigError, match="on_weak_proxies must be one of"):
         SelectConfig(on_weak_proxies="sometimes")
+
+
+def test_pipeline_steps_fall_back_to_pd_from_ratings_and_record_it(tmp_path, one_thread):
+    """The tiny profile up to select, with a confidence level so high that its 10 held-out pairs
+    per proxy cannot beat chance: the select step falls back and its result and MLflow say so."""
+    from mlflow import MlflowClient
+
+    from fgpo_tasks import pipeline
+
+    params = {"profile": "tiny", "storage_root": str(tmp_path / "storage"),
+              "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "on_weak_proxies": "fallback_ratings",
+              "stages": {"score": {"confidence": {"level": 0.9999}}}}
+    at = "2026-01-01T00:00:00+00:00"
+    valid = pipeline.step_validate(params, "fb", at, pipeline.step_ingest(params, "fb", at)["data"])
+    models = [pipeline.step_reward_model(params, "fb", at, valid["data"], a) for a in valid["reward_models"]]
+    scores = pipeline.step_score(params, "fb", at, valid["data"], models)
+    assert scores["selection_confidence"] == "none"
+    selected = pipeline.step_select(params, "fb", at, valid["data"], scores["scores"])
+    assert selected["selection_confidence"] == "none" and selected["confidence_action"] == "fallback"
+    assert selected["strategy"] == "pd_ratings" and selected["requested_strategy"] == "pd"
+    assert contract.read_manifest(selected["data"])["selection"]["strategy"] == "pd_ratings"
+    tags = MlflowClient(params["tracking_uri"]).get_run(selected["mlflow_run_id"]).data.tags
+    assert tags["selection_confidence"] == "none" and tags["fgpo.selected_strategy"] == "pd_ratings"

@@ -10,6 +10,9 @@ def add_arguments(p):
                    "(default: manual__<created-at>)")
     p.add_argument("--strategy", default=None, help="selection strategy (overrides the profile)")
     p.add_argument("--budget", type=float, default=None, help="fraction of pairs kept (overrides the profile)")
+    p.add_argument("--on-weak-proxies", choices=("warn", "fallback_ratings", "fail"), default=None,
+                   help="what select does when no proxy beats chance (selection_confidence 'none'); "
+                        "overrides the profile's select.on_weak_proxies (default warn)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the work folder)")
     p.add_argument("--storage-root", default=None, help="where run artifacts go (default: <work>/storage)")
 
@@ -21,5 +24,5 @@ def main(args):
     created_at = run_timestamp(args.created_at)
     run_key = args.run_key or "manual__" + created_at.replace(":", "-").replace("+00-00", "Z")
     params = {"profile": args.profile, "strategy": args.strategy, "budget": args.budget,
-              "tracking_uri": args.tracking_uri, "storage_root": args.storage_root}
+              "on_weak_proxies": args.on_weak_proxies, "tracking_uri": args.tracking_uri, "storage_root": args.storage_root}
     return run_pipeline(params, run_key, created_at)
