@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fgpo_tasks import jsonio
@@ -160,34 +161,145 @@ def from_arrow(table: pa.Table) -> pd.DataFrame:
     return df
 
 
+class _HashSink:
+    """A write-only file that feeds what is written to sha256 (nothing is kept)."""
+
+    def __init__(self):
+        self.hash = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+FINGERPRINT_BATCH = 1 << 16  # rows per hashed record batch
+
+
 def content_fingerprint(df: pd.DataFrame | pa.Table) -> str:
     """sha256 of the contract columns, independent of row order.
 
-    The rows are sorted, then hashed as an Arrow IPC stream: ~100x faster than hashing each row's
-    JSON, and as stable, since ``to_arrow`` fixes every column's type and the ratings' field order.
+    The rows are sorted, then hashed as an Arrow IPC stream of FINGERPRINT_BATCH-row record
+    batches: ~100x faster than hashing each row's JSON, and as stable, since ``to_arrow`` fixes
+    every column's type and the ratings' field order. Streaming: only the sort order and one batch
+    at a time are held (the stream is fed to the hash as it is written, never kept whole).
     """
-    table = df if isinstance(df, pa.Table) else to_arrow(df)
+    table = normalize_table(df if isinstance(df, pa.Table) else to_arrow(df))
     table = table.select([c for c in COLUMNS if c in table.column_names])
-    if table.num_rows:
-        keys = [c for c in ("pair_id", "source", "batch_id", "source_line", "prompt", "chosen", "rejected")
-                if c in table.column_names]
-        table = table.sort_by([(k, "ascending") for k in keys])
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1 << 16)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    sink = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+        if table.num_rows:
+            keys = [c for c in ("pair_id", "source", "batch_id", "source_line", "prompt", "chosen",
+                                "rejected") if c in table.column_names]
+            order = pc.sort_indices(table.select(keys), sort_keys=[(k, "ascending") for k in keys])
+            for start in range(0, table.num_rows, FINGERPRINT_BATCH):
+                part = table.take(order.slice(start, FINGERPRINT_BATCH))
+                for batch in part.combine_chunks().to_batches():
+                    writer.write_batch(batch)
+    return sink.hash.hexdigest()
 
 
-def counts(df: pd.DataFrame) -> dict[str, Any]:
+def data_fingerprint(directory: str | Path, table: pa.Table | None = None) -> str:
+    """The content fingerprint of a pair directory: the one its manifest records (computed once,
+    when the table was written), else computed from ``table`` (or the stored pairs)."""
+    path = Path(directory) / MANIFEST_FILE
+    if path.is_file():
+        fp = json.loads(path.read_text()).get("fingerprint")
+        if fp:
+            return fp
+    return content_fingerprint(table if table is not None else read_pair_table(directory))
+
+
+def counts(df: pd.DataFrame | pa.Table) -> dict[str, Any]:
     """Row counts for a manifest: total and per aspect."""
+    if isinstance(df, pa.Table):
+        vc = pc.value_counts(df.column("aspect")).to_pylist() if df.num_rows else []
+        per = sorted((str(d["values"]), int(d["counts"])) for d in vc)
+        return {"total": int(df.num_rows), "per_aspect": dict(per)}
     per_aspect = df["aspect"].value_counts().sort_index() if len(df) else pd.Series(dtype=int)
     return {"total": int(len(df)), "per_aspect": {str(k): int(v) for k, v in per_aspect.items()}}
 
 
-def build_manifest(df: pd.DataFrame, *, stage: str, config: dict | None, created_at: str,
+def table_rating_aspects(table: pa.Table) -> list[str]:
+    """Sorted names of the ratings' aspects that hold at least one rating in ``table``."""
+    names: set[str] = set()
+    for col in ("ratings_chosen", "ratings_rejected"):
+        if col not in table.column_names or not pa.types.is_struct(table.schema.field(col).type):
+            continue
+        column = table.column(col)
+        for i, f in enumerate(column.type):
+            if f.name not in names and any(chunk.field(i).null_count < len(chunk)
+                                           for chunk in column.chunks if len(chunk)):
+                names.add(f.name)
+    return sorted(names)
+
+
+def _ratings_struct(column: pa.ChunkedArray, aspects: list[str]) -> pa.Array:
+    """The ratings column with fields ``aspects`` (float64, sorted), null where none is rated."""
+    column = column.combine_chunks()
+    if not aspects:
+        return pa.nulls(len(column))
+    names = {f.name for f in column.type} if pa.types.is_struct(column.type) else set()
+    parent = pc.is_valid(column)
+    children = []
+    for a in aspects:
+        child = (pc.struct_field(column, a).cast(pa.float64()) if a in names
+                 else pa.nulls(len(column), pa.float64()))
+        children.append(pc.if_else(parent, child, pa.scalar(None, pa.float64())))
+    rated = pc.is_valid(children[0])
+    for child in children[1:]:
+        rated = pc.or_(rated, pc.is_valid(child))
+    return pa.StructArray.from_arrays(children, names=aspects, mask=pc.invert(rated))
+
+
+def normalize_table(table: pa.Table) -> pa.Table:
+    """``table`` with its ratings columns as ``to_arrow`` writes them: one float field per aspect
+    rated anywhere in the table (sorted), the struct null where a response has no rating; the
+    messages with the contract's list type. So an Arrow table and the same rows read back as a
+    frame have one fingerprint."""
+    aspects = table_rating_aspects(table)
+    if "prompt_messages" in table.column_names:
+        typ = table.schema.field("prompt_messages").type
+        if not pa.types.is_list(typ) or typ.value_field.name != "item" or typ != MESSAGE_TYPE:
+            i = table.column_names.index("prompt_messages")  # Parquet names the list item 'element'
+            table = table.set_column(i, pa.field("prompt_messages", MESSAGE_TYPE),
+                                     table.column(i).cast(MESSAGE_TYPE))
+    for col in ("ratings_chosen", "ratings_rejected"):
+        if col in table.column_names:
+            i = table.column_names.index(col)
+            arr = _ratings_struct(table.column(col), aspects)
+            table = table.set_column(i, pa.field(col, arr.type), arr)
+    return table
+
+
+def conform_table(table: pa.Table) -> pa.Table:
+    """``table`` with every contract column (missing ones as nulls of their type), in contract
+    order, then any extra columns."""
+    types = {"prompt_messages": MESSAGE_TYPE, "source_line": pa.int64(),
+             "ratings_chosen": pa.null(), "ratings_rejected": pa.null()}
+    for col in COLUMNS:
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(table.num_rows, types.get(col, pa.string())))
+    extra = [c for c in table.column_names if c not in COLUMNS]
+    return table.select(COLUMNS + extra)
+
+
+def build_manifest(df: pd.DataFrame | pa.Table, *, stage: str, config: dict | None, created_at: str,
                    inputs: list | None = None, extra: dict | None = None,
                    table: pa.Table | None = None) -> dict[str, Any]:
-    """The self-description written beside every pair table (``table``: its Arrow form, if built)."""
+    """The self-description written beside every pair table (``table``: its Arrow form, if built;
+    ``df`` may be that Arrow table itself)."""
+    if isinstance(df, pa.Table):
+        table = conform_table(df)
+        aspects, columns = table_rating_aspects(table), table.column_names
+    else:
+        aspects, columns = rating_aspects(df), list(frame(df).columns)
     return {
         "kind": "fgpo.pairs",
         "stage": stage,
@@ -195,8 +307,8 @@ def build_manifest(df: pd.DataFrame, *, stage: str, config: dict | None, created
         "code_version": code_version(),
         "fingerprint": content_fingerprint(table if table is not None else df),
         "row_counts": counts(df),
-        "rating_aspects": rating_aspects(df),
-        "columns": list(frame(df).columns),
+        "rating_aspects": aspects,
+        "columns": columns,
         "config": config or {},
         "inputs": inputs or [],
         **(extra or {}),
@@ -207,18 +319,25 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
     (Path(out_dir) / MANIFEST_FILE).write_text(jsonio.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_pair_table(df: pd.DataFrame, directory: Path, name: str = PAIRS_FILE) -> None:
-    pq.write_table(to_arrow(df), Path(directory) / name, compression="zstd")
+def write_pair_table(df: pd.DataFrame | pa.Table, directory: Path, name: str = PAIRS_FILE) -> None:
+    table = conform_table(df) if isinstance(df, pa.Table) else to_arrow(df)
+    pq.write_table(table, Path(directory) / name, compression="zstd")
 
 
-def write_pairs(df: pd.DataFrame, out_dir: str | Path, *, stage: str, config: dict | None,
+def write_pairs(df: pd.DataFrame | pa.Table, out_dir: str | Path, *, stage: str, config: dict | None,
                 created_at: str, inputs: list | None = None, extra: dict | None = None,
                 extra_files: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """Write a pair directory atomically (a reader never sees half of it); return its manifest."""
-    df = frame(df)
-    table = to_arrow(df)
-    manifest = build_manifest(df, stage=stage, config=config, created_at=created_at,
-                              inputs=inputs, extra=extra, table=table)
+    """Write a pair directory atomically (a reader never sees half of it); return its manifest.
+    ``df``: rows as a DataFrame, or the contract's Arrow table (written as it is, no Python rows)."""
+    if isinstance(df, pa.Table):
+        table = conform_table(df)
+        manifest = build_manifest(table, stage=stage, config=config, created_at=created_at,
+                                  inputs=inputs, extra=extra)
+    else:
+        df = frame(df)
+        table = to_arrow(df)
+        manifest = build_manifest(df, stage=stage, config=config, created_at=created_at,
+                                  inputs=inputs, extra=extra, table=table)
     with atomic_dir(out_dir) as tmp:
         pq.write_table(table, tmp / PAIRS_FILE, compression="zstd")
         for fname, extra_df in (extra_files or {}).items():
@@ -232,6 +351,14 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FgpoError(f"{directory}: not an fgpo data directory (no {MANIFEST_FILE})")
     return json.loads(path.read_text())
+
+
+def read_pair_table(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The pair table of a directory as Arrow (no Python objects per row); ``columns``: only those."""
+    path = Path(directory) / PAIRS_FILE
+    if not path.is_file():
+        raise FgpoError(f"{directory}: not an fgpo data directory (no {PAIRS_FILE})")
+    return pq.read_table(path, columns=columns)
 
 
 def read_pairs(directory: str | Path) -> pd.DataFrame:

@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
@@ -164,33 +166,92 @@ def pooled_ratings(df: pd.DataFrame) -> tuple[list, list]:
             [merged.get((p, r)) for p, r in zip(df["prompt"], df["rejected"])])
 
 
-def rating_margins(df: pd.DataFrame, lower_is_better=(), pool: bool = True) -> tuple[list[str], np.ndarray]:
+RATING_COLUMNS = ["pair_id", "aspect", "prompt", "chosen", "rejected", "ratings_chosen", "ratings_rejected"]
+
+
+def _rating_values(table: pa.Table, col: str, aspects: list[str]) -> np.ndarray:
+    """(N, K) float ratings of one side (NaN where the rating or the whole struct is null)."""
+    out = np.full((table.num_rows, len(aspects)), np.nan)
+    if col not in table.column_names or not pa.types.is_struct(table.schema.field(col).type):
+        return out
+    column = table.column(col)
+    valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    names = {f.name for f in column.type}
+    for j, a in enumerate(aspects):
+        if a in names:
+            v = pc.struct_field(column, a).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            out[:, j] = np.where(valid, v, np.nan)
+    return out
+
+
+def pooled_rating_values(table: pa.Table, aspects: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``pooled_ratings`` on an Arrow table, vectorised: (N, K) chosen and rejected ratings, each
+    the mean of every rating that (prompt, response) text got anywhere in the table (NaN: none).
+    Texts are dictionary-encoded to integer keys; the means are bincounts over those keys."""
+    n = table.num_rows
+    prompts = pc.dictionary_encode(table.column("prompt").combine_chunks())
+    texts = pc.dictionary_encode(pa.concat_arrays([table.column("chosen").combine_chunks(),
+                                                   table.column("rejected").combine_chunks()]))
+    p_code = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    t_code = texts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    key = np.concatenate([p_code, p_code]) * max(1, len(texts.dictionary)) + t_code
+    del prompts, texts, p_code, t_code
+    _, group = np.unique(key, return_inverse=True)
+    del key
+    values = np.concatenate([_rating_values(table, "ratings_chosen", aspects),
+                             _rating_values(table, "ratings_rejected", aspects)])
+    means = np.full(values.shape, np.nan)
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    for j in range(len(aspects)):
+        ok = np.isfinite(values[:, j])
+        total = np.bincount(group, weights=np.where(ok, values[:, j], 0.0), minlength=n_groups)
+        count = np.bincount(group, weights=ok.astype(float), minlength=n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[:, j] = (total / count)[group]
+    return means[:n], means[n:]
+
+
+def rating_margins(df: pd.DataFrame | pa.Table, lower_is_better=(), pool: bool = True
+                   ) -> tuple[list[str], np.ndarray]:
     """(aspects, (N, K) rating differences chosen - rejected, NaN where either rating is missing).
 
     ``pool``: use every rating each response received anywhere in ``df`` (``pooled_ratings``).
+    ``df`` may be the pair table as Arrow (``contract.read_pair_table``): then every step is
+    vectorised, with no Python object per row.
     """
-    aspects = contract.rating_aspects(df)
-    raw = np.full((len(df), len(aspects)), np.nan)
-    if pool:
-        chosen, rejected = pooled_ratings(df)
+    if isinstance(df, pa.Table):
+        aspects = contract.table_rating_aspects(df)
+        if pool:
+            chosen_v, rejected_v = pooled_rating_values(df, aspects)
+        else:
+            chosen_v = _rating_values(df, "ratings_chosen", aspects)
+            rejected_v = _rating_values(df, "ratings_rejected", aspects)
+        raw = chosen_v - rejected_v
     else:
-        chosen, rejected = df["ratings_chosen"].tolist(), df["ratings_rejected"].tolist()
-    for i, (rc, rr) in enumerate(zip(chosen, rejected)):
-        if not isinstance(rc, dict) or not isinstance(rr, dict):
-            continue
-        for j, a in enumerate(aspects):
-            if rc.get(a) is not None and rr.get(a) is not None:
-                raw[i, j] = float(rc[a]) - float(rr[a])
+        aspects = contract.rating_aspects(df)
+        raw = np.full((len(df), len(aspects)), np.nan)
+        if pool:
+            chosen, rejected = pooled_ratings(df)
+        else:
+            chosen, rejected = df["ratings_chosen"].tolist(), df["ratings_rejected"].tolist()
+        for i, (rc, rr) in enumerate(zip(chosen, rejected)):
+            if not isinstance(rc, dict) or not isinstance(rr, dict):
+                continue
+            for j, a in enumerate(aspects):
+                if rc.get(a) is not None and rr.get(a) is not None:
+                    raw[i, j] = float(rc[a]) - float(rr[a])
     for j, a in enumerate(aspects):
         if a in lower_is_better:
             raw[:, j] = -raw[:, j]
     return aspects, raw
 
 
-def ratings_pd(df: pd.DataFrame, gamma: float, lower_is_better=(), pool: bool = True):
+def ratings_pd(df: pd.DataFrame | pa.Table, gamma: float, lower_is_better=(), pool: bool = True):
     """(aspects, pd, scaled, q, raw, mask); pd is NaN for pairs without any other aspect's rating."""
     aspects, raw = rating_margins(df, lower_is_better, pool)
-    mask = cross_mask(df["aspect"].to_numpy(), aspects) if aspects else np.zeros((len(df), 0), bool)
+    pair_aspects = (df.column("aspect").to_numpy(zero_copy_only=False) if isinstance(df, pa.Table)
+                    else df["aspect"].to_numpy())
+    mask = cross_mask(pair_aspects, aspects) if aspects else np.zeros((len(raw), 0), bool)
     pd_r, scaled, q = compute_pd(raw, mask, gamma)
     n_other = np.sum(np.isfinite(scaled), axis=1)
     pd_r = np.where(n_other > 0, pd_r, np.nan)
@@ -372,11 +433,16 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         raise ConfigError("score needs reward models (--reward-models DIR) or --from-ratings")
     if (reward_models_dir is not None or model_dirs) and config.from_ratings:
         raise ConfigError("give either --reward-models or --from-ratings, not both")
-    df = contract.read_pairs(data_dir)
+    if config.from_ratings:  # Arrow all the way: no Python object per pair
+        pool = contract.read_pair_table(data_dir, columns=RATING_COLUMNS)
+        df = pool.select(["pair_id", "aspect"]).to_pandas()
+    else:
+        df = pool = contract.read_pairs(data_dir)
     if len(df) == 0:
         raise InputError("no pairs to score", file=str(data_dir))
-    r_aspects, pd_r, r_scaled, r_q, r_raw, r_mask = ratings_pd(df, config.gamma, config.lower_is_better,
+    r_aspects, pd_r, r_scaled, r_q, r_raw, r_mask = ratings_pd(pool, config.gamma, config.lower_is_better,
                                                                 config.pool_ratings)
+    del pool
     has_rating_pd = bool(np.isfinite(pd_r).any())
     stats, model_info = {}, {}
     if config.from_ratings:
@@ -437,7 +503,7 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
             "reward_models_dir": str(reward_models_dir) if reward_models_dir else None,
             "models": model_info, "quantiles": quantiles,
             "rating_quantiles": {a: (float(v) if np.isfinite(v) else None) for a, v in zip(r_aspects, r_q)},
-            "inputs": [{"path": str(data_dir), "fingerprint": contract.content_fingerprint(df)}],
+            "inputs": [{"path": str(data_dir), "fingerprint": contract.data_fingerprint(data_dir)}],
             "fingerprint": file_fingerprint(tmp / SCORES_FILE),
             "row_counts": contract.counts(df),
             "columns": list(table.columns),

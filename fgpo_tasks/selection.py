@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fgpo_tasks import contract
 from fgpo_tasks.config import check, to_dict
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
 FULL_DATA = ("all", "ova", "avg")
+RANKING = ("pd", "pd_ratings", "pd_high", "pd_mid", "random")  # need only the pair ids of the pool
+_POS = "_position"  # row of the pool table, carried through the ranking
 
 
 @dataclass
@@ -239,12 +242,20 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     from fgpo_tasks.scoring import read_scores
 
     start = time.perf_counter()
-    df = contract.read_pairs(data_dir)
+    table = None
+    if config.strategy in RANKING:
+        # Only pair ids are ranked: the pool stays an Arrow table, the selection is a take().
+        table = contract.read_pair_table(data_dir)
+        df = table.select(["pair_id", "aspect"]).to_pandas()
+        df[_POS] = np.arange(len(df), dtype=np.int64)
+    else:
+        df = contract.read_pairs(data_dir)
     needs_scores = config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid")
     scores, s_manifest = (read_scores(scores_dir) if scores_dir is not None or needs_scores
                           else (None, {}))
     if scores is not None:
-        missing = sorted(set(df["pair_id"]) - set(scores["pair_id"]))
+        unscored = ~df["pair_id"].isin(scores["pair_id"]).to_numpy()
+        missing = sorted(df["pair_id"][unscored].unique().tolist())
         if missing:
             raise InputError(f"{len(missing)} pairs of the data have no score (e.g. {missing[0]}): "
                              "score this data first (`fgpo score --data ...`)", file=str(scores_dir))
@@ -273,7 +284,12 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         selected = cap_selection(selected, config.max_pairs, config.seed)
         log.info("max_pairs=%d: training on a uniform sample of %d of the %d selected pairs",
                  config.max_pairs, len(selected), info["n_before_cap"])
-    chosen_mask = df["pair_id"].isin(set(selected["pair_id"])).to_numpy()
+    chosen_mask = df["pair_id"].isin(selected["pair_id"]).to_numpy()
+    if table is not None:
+        selected = table.take(pa.array(selected[_POS].to_numpy()))
+        pool: pd.DataFrame | pa.Table = table
+    else:
+        pool = df
     before, after = contract.counts(df), contract.counts(selected)
     cut = info.get("threshold")
     selection = {
@@ -296,8 +312,8 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         if config.strategy == "pd_ratings":
             reports.pd_histogram(scores["pd_ratings"].to_numpy(), rep, selected=chosen_mask, cut=cut,
                                  title=f"PD from ratings, budget {config.budget}")
-        reports.length_distributions(df, selected, rep)
-        inputs = [{"path": str(data_dir), "fingerprint": contract.content_fingerprint(df)}]
+        reports.length_distributions(pool, selected, rep)
+        inputs = [{"path": str(data_dir), "fingerprint": contract.data_fingerprint(data_dir, table)}]
         if s_manifest:
             inputs.append({"path": str(scores_dir), "fingerprint": s_manifest.get("fingerprint")})
         manifest = contract.build_manifest(selected, stage="select", config=to_dict(asked),

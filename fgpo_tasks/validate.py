@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fgpo_tasks import jsonio
@@ -52,6 +53,7 @@ _ROW = "_row"  # position of a row in the input table: how GX results point back
 _SAME = "_chosen_equals_rejected"
 _REPEAT = "_pair_id_repeats_earlier_row"
 _CONTRA = "_contradictory_label"
+_RATINGS = "fgpo_ratings"  # frame attribute: the rating values read from the Arrow table
 _MAX_SHOWN_CHARS = 200  # long texts in the JSON report and data docs are cut to this
 
 
@@ -126,6 +128,19 @@ def _rating_keys(df: pd.DataFrame) -> list[str]:
     return sorted(keys)
 
 
+def _prompt_keys(raw: pd.DataFrame) -> pd.Series:
+    """``contract.prompt_key`` of every row: the prompt text, or the conversation's canonical JSON
+    (computed in Python only for the rows that have one)."""
+    keys = raw["prompt"].astype(object) if "prompt_messages" in raw.columns else raw["prompt"]
+    if "prompt_messages" not in raw.columns:
+        return keys
+    keys = keys.copy()
+    for pos, m in enumerate(raw["prompt_messages"]):
+        if m is not None and not (isinstance(m, float) and math.isnan(m)) and len(m):
+            keys.iloc[pos] = contract.prompt_key(raw["prompt"].iloc[pos], list(m))
+    return keys
+
+
 def contradictory_labels(raw: pd.DataFrame) -> np.ndarray:
     """Rows whose label another row of the same aspect contradicts, as a boolean mask.
 
@@ -134,39 +149,34 @@ def contradictory_labels(raw: pd.DataFrame) -> np.ndarray:
     majority direction is kept and the minority rows are flagged; a tie flags every row of the
     group (no direction can be trusted). Rows of different aspects never contradict: a pair
     preferred one way on helpfulness and the other on verbosity is the fine-grained conflict the
-    method is about, not a labelling error.
+    method is about, not a labelling error. Vectorised: one group-by over the key columns.
     """
     need = ("aspect", "prompt", "chosen", "rejected")
     if len(raw) == 0 or any(c not in raw.columns for c in need):
         return np.zeros(len(raw), dtype=bool)
-    msgs = raw["prompt_messages"] if "prompt_messages" in raw.columns else pd.Series([None] * len(raw))
-    keys, directions = [], []
-    for aspect, prompt, m, chosen, rejected in zip(raw["aspect"], raw["prompt"], msgs, raw["chosen"],
-                                                    raw["rejected"]):
-        if not all(isinstance(v, str) for v in (aspect, prompt, chosen, rejected)) or chosen == rejected:
-            keys.append(None)
-            directions.append(False)
-            continue
-        m = list(m) if m is not None and len(m) else None
-        first, second = sorted((chosen, rejected))
-        keys.append((aspect, contract.prompt_key(prompt, m), first, second))
-        directions.append(chosen == first)
-    frame = pd.DataFrame({"key": pd.Series(keys, dtype=object), "first_wins": directions})
-    frame = frame[frame["key"].notna()]
-    if frame.empty:
+    text = {c: raw[c].where(raw[c].map(lambda v: isinstance(v, str), na_action="ignore").fillna(False)
+                            .astype(bool)) if raw[c].dtype == object else raw[c] for c in need}
+    ok = np.ones(len(raw), dtype=bool)
+    for c in need:
+        ok &= text[c].notna().to_numpy()
+    ok &= ~(text["chosen"] == text["rejected"]).fillna(True).to_numpy(dtype=bool)
+    if not ok.any():
         return np.zeros(len(raw), dtype=bool)
-    wins = frame.groupby("key")["first_wins"].agg(["sum", "count"])
-    wins = wins[(wins["sum"] > 0) & (wins["sum"] < wins["count"])]  # both directions occur
+    sub = raw[ok]
+    chosen, rejected = text["chosen"][ok].astype(str), text["rejected"][ok].astype(str)
+    first_wins = (chosen < rejected).to_numpy(dtype=bool)
+    frame = pd.DataFrame({"aspect": text["aspect"][ok].astype(str).to_numpy(),
+                          "prompt": _prompt_keys(sub).astype(str).to_numpy(),
+                          "first": np.where(first_wins, chosen, rejected),
+                          "second": np.where(first_wins, rejected, chosen),
+                          "first_wins": first_wins})
+    group = frame.groupby(["aspect", "prompt", "first", "second"], sort=False)["first_wins"]
+    votes = group.transform("sum").to_numpy()
+    total = group.transform("count").to_numpy()
+    mine = np.where(first_wins, votes, total - votes)
+    both = (votes > 0) & (votes < total)  # both directions occur
     flagged = np.zeros(len(raw), dtype=bool)
-    if wins.empty:
-        return flagged
-    first_votes = dict(zip(wins.index, wins["sum"]))
-    totals = dict(zip(wins.index, wins["count"]))
-    for pos, key, first_wins in zip(frame.index, frame["key"], frame["first_wins"]):
-        if key not in first_votes:
-            continue
-        mine = first_votes[key] if first_wins else totals[key] - first_votes[key]
-        flagged[pos] = mine * 2 <= totals[key]  # minority, or a tie
+    flagged[np.flatnonzero(ok)] = both & (mine * 2 <= total)  # minority, or a tie
     return flagged
 
 
@@ -176,12 +186,17 @@ def check_frame(raw: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(cols, index=raw.index)
     out[_ROW] = np.arange(len(raw), dtype=np.int64)
     if "chosen" in raw.columns and "rejected" in raw.columns:
-        out[_SAME] = (raw["chosen"] == raw["rejected"]).to_numpy()
+        out[_SAME] = (raw["chosen"] == raw["rejected"]).fillna(False).to_numpy(dtype=bool)
     if "pair_id" in raw.columns:
         out[_REPEAT] = (raw["pair_id"].notna() & raw["pair_id"].duplicated(keep="first")).to_numpy()
     out[_CONTRA] = contradictory_labels(raw.reset_index(drop=True))
+    ratings = raw.attrs.get(_RATINGS)  # (aspects, {which: (N, K) floats}) read from Arrow
     for which in ("chosen", "rejected"):
         col = f"ratings_{which}"
+        if ratings is not None:
+            for j, key in enumerate(ratings[0]):
+                out[rating_column(which, key)] = ratings[1][which][:, j]
+            continue
         if col not in raw.columns:
             continue
         dicts = [r if isinstance(r, dict) else {} for r in raw[col]]
@@ -410,19 +425,30 @@ def _origin(row: pd.Series) -> str:
     return where
 
 
-def _read_input(data_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """The input table as stored (a missing required column stays missing) and its provenance."""
+def _read_input(data_dir: Path) -> tuple[pa.Table, pd.DataFrame, dict]:
+    """The input table as stored (a missing required column stays missing), the frame GX checks
+    (text columns as Arrow-backed strings, no Python object per row; the ratings as floats in
+    ``attrs``) and its provenance."""
     path = data_dir / contract.PAIRS_FILE
     if not path.is_file():
         raise FgpoError(f"{data_dir}: not an fgpo data directory (no {contract.PAIRS_FILE})")
-    raw = contract.from_arrow(pq.read_table(path))
+    table = pq.read_table(path)
+    cols = [c for c in table.column_names if c not in ("ratings_chosen", "ratings_rejected")]
+    raw = table.select(cols).to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+    if "prompt_messages" in raw.columns and not raw["prompt_messages"].notna().any():
+        raw["prompt_messages"] = None
+    from fgpo_tasks.scoring import _rating_values
+
+    aspects = contract.table_rating_aspects(table)
+    raw.attrs[_RATINGS] = (aspects, {w: _rating_values(table, f"ratings_{w}", aspects)
+                                     for w in ("chosen", "rejected")})
     manifest = {}
     if (data_dir / contract.MANIFEST_FILE).is_file():
         manifest = contract.read_manifest(data_dir)
     origin = {"path": str(data_dir), "stage": manifest.get("stage"),
               "fingerprint": manifest.get("fingerprint"),
               "file_sha256": file_fingerprint(path)}
-    return raw, origin
+    return table, raw, origin
 
 
 def failure_message(summary: dict[str, Any], out_dir: Path) -> str:
@@ -461,7 +487,7 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
         seconds[name] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
-    raw, origin = _read_input(data_dir)
+    table, raw, origin = _read_input(data_dir)
     n_in = len(raw)
     frame = check_frame(raw)
     run_name = f"fgpo-validate-{created_at}"
@@ -475,7 +501,7 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
         bad = np.zeros(n_in, dtype=bool)
         bad[list(reasons)] = True
         accepted = raw[~bad].reset_index(drop=True)
-        quarantined = contract.frame(raw[bad]).reset_index(drop=True)
+        quarantined = contract.frame(contract.from_arrow(table.filter(pa.array(bad))))
         assert len(accepted) + len(quarantined) == n_in, "rows in != rows accepted + quarantined"
         rows = sorted(reasons)  # raw[bad] keeps input order, so rows[k] is quarantined row k
         quarantined["input_row"] = np.array(rows, dtype=np.int64)
@@ -538,11 +564,12 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
             _build_docs(context, [row_result, table_result], run_name, created_at)
         lap("reports")
         if not failed:
+            accepted_table = table.filter(pa.array(~bad))
             manifest = contract.build_manifest(
-                accepted, stage="validate", config=to_dict(config), created_at=created_at,
+                accepted_table, stage="validate", config=to_dict(config), created_at=created_at,
                 inputs=[origin], extra={"validation": {k: v for k, v in summary.items()
                                                        if k not in ("input", "top_reasons")}})
-            contract.write_pair_table(accepted, tmp)
+            contract.write_pair_table(accepted_table, tmp)
             contract.write_manifest(tmp, manifest)
     lap("write_pairs")
 
