@@ -235,10 +235,36 @@ CONFLICT_CONFIGS = {
     "minilm final mean, linear": {"backbone": "minilm-l6"},
     "minilm final mean, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5},
     "minilm final mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5, "head_hidden": 128},
+    "minilm final mean, MLP 128": {"backbone": "minilm-l6", "head_hidden": 128},
+    "minilm final mean, MLP 128, 5-seed ensemble, rho 0": {"backbone": "minilm-l6", "ensemble": 5,
+                                                           "head_hidden": 128, "rho": 0},
+    "smollm2 block 12 mean, MLP 128, 5-seed ensemble": {
+        "backbone": "smollm2-135m-instruct", "layer": 12, "pooling": "mean", "max_length": 128,
+        "max_prompt_length": 48, "ensemble": 5, "head_hidden": 128},
     **{f"smollm2 block {lay} {p}": {"backbone": "smollm2-135m-instruct", "layer": lay, "pooling": p,
                                     "max_length": 128, "max_prompt_length": 48}
        for lay in (4, 8, 12) for p in ("mean", "last")},
 }
+
+
+def prefill(data: Path, cache: Path, configs: list[dict]) -> None:
+    """One backbone pass per (backbone, caps) fills every (layer, pooling) the configs use."""
+    from fgpo_tasks import contract
+    from fgpo_tasks.reward_models import RewardModelConfig, get_embedder
+
+    groups: dict[tuple, set] = {}
+    for c in configs:
+        cfg = RewardModelConfig(**c)
+        groups.setdefault((cfg.backbone, cfg.max_length, cfg.max_prompt_length), set()).add(
+            (cfg.layer, cfg.pooling))
+    prompts, responses = texts(contract.read_pairs(data))
+    for (spec, ml, mp), recipes in groups.items():
+        emb = get_embedder(spec, ml, mp, "auto", 16, "cpu")
+        recipes = [(lay, emb.pooling if p == "auto" else p) for lay, p in sorted(recipes, key=str)]
+        t = time.perf_counter()
+        emb.fill_cache(prompts, responses, cache, recipes, progress=False)
+        print(f"prefill {spec}: {len(prompts)} texts, {len(recipes)} recipes, {time.perf_counter() - t:.0f} s",
+              flush=True)
 
 
 def conflict_auc(data: Path, work: Path, names: list[str], gamma: float = 0.95) -> dict:
@@ -252,6 +278,7 @@ def conflict_auc(data: Path, work: Path, names: list[str], gamma: float = 0.95) 
 
     fgpo = [sys.executable, "-m", "fgpo_tasks.cli", "--created-at", "2026-01-01T00:00:00+00:00"]
     out = {}
+    prefill(data, work / "embeddings", [CONFLICT_CONFIGS[n] for n in names])
     for name in names:
         slug = "".join(c if c.isalnum() else "-" for c in name)
         rm, sc = work / f"rm-{slug}", work / f"scores-{slug}"
