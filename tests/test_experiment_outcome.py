@@ -265,6 +265,9 @@ def test_held_out_pairs_are_prompt_disjoint_from_every_training_pool(ran):
     assert trained and not set(held["prompt"]) & trained
     # every held-out pair is oriented by the mean rating, with no ties
     assert (held["mean_chosen"] > held["mean_rejected"]).all()
+    longer = (held["chosen"].str.len() > held["rejected"].str.len()).mean()
+    assert ev["heldout_longer_chosen"] == pytest.approx(longer)
+    assert f"is right on {longer:.3f} of these pairs" in (ran["root"] / "results.md").read_text()
 
 
 def test_every_arm_reports_the_implicit_reward_accuracy_beside_its_win_rate(ran):

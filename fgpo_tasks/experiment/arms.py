@@ -242,7 +242,7 @@ def prepare_eval(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
                   prompt_record={k: v for k, v in record.items() if k != "training_pools"},
                   seconds=round(time.perf_counter() - t0, 2))
     before = _done(step)
-    same = ("stage_keys", "eval_models", "n_prompts", "heldout_fingerprint")
+    same = ("stage_keys", "eval_models", "n_prompts", "heldout_fingerprint", "heldout_longer_chosen")
     if before is not None and {k: before.get(k) for k in same} == {k: result.get(k) for k in same}:
         return before
     return _commit(step, result)
@@ -290,6 +290,8 @@ def prepare_heldout(cfg: ExperimentConfig, data: list[dict], training_dirs: list
     return {"heldout_pairs": str(path), "n_heldout_pairs": int(len(pairs)),
             "n_heldout_prompts": int(pairs["prompt_key"].nunique()), "heldout_origin": origin,
             "heldout_counts": counts,
+            # a judge-free reference point: the share of held-out pairs whose chosen response is longer
+            "heldout_longer_chosen": float((pairs["chosen"].str.len() > pairs["rejected"].str.len()).mean()),
             "heldout_fingerprint": sha256_hex(*(f"{a}>{b}" for a, b in zip(pairs["pair_id"], pairs["chosen"])))[:16]}
 
 

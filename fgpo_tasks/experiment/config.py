@@ -112,8 +112,9 @@ class ExperimentConfig:
                 "fgpo_tasks.experiment.outcome): every arm's policy scored on prompt-disjoint held-out "
                 "pairs labelled by the mean of all aspect ratings; {} = off"})
     keep_models: bool = field(default=True, metadata={
-        "help": "keep each arm's trained weights; false: delete them once evaluated (the model card "
-                "and the evaluation stay)"})
+        "help": "keep each arm's trained weights; false: delete the weights this run trained once "
+                "evaluated (the model card and the evaluation stay; the train_dpo stage record goes with "
+                "them, so a later run that needs the stage trains it again; weights another run made stay)"})
 
     def __post_init__(self):
         self.pool_specs = [from_dict(PoolSpec, p, where="pools") for p in self.pools]

@@ -208,7 +208,9 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
                   "beta*log(pi/pi_ref)(chosen) - beta*log(pi/pi_ref)(rejected) > 0, pi_ref = the starting policy "
                   f"(the unmoved policy scores 0); its CI: {ir.confidence:.0%} bootstrap of the seed-mean, "
                   f"resampling prompts ({ir.bootstrap_samples} resamples); − random: the seed-mean difference from the "
-                  "random arm on the same pairs, its CI paired (each resample of the prompts applied to both).", ""]
+                  "random arm on the same pairs, its CI paired (each resample of the prompts applied to both)."
+                  + (f" For reference, \"the longer response wins\" is right on {meta['heldout_longer_chosen']:.3f} of "
+                     "these pairs." if meta.get("heldout_longer_chosen") is not None else ""), ""]
     for pool in cfg.pool_specs:
         prow = [r for r in rows if r["pool"] == pool.name]
         aspects = next((r["aspects"] for r in prow if "aspects" in r), [])
@@ -323,7 +325,8 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
     meta = {"n_prompts": ev.get("n_prompts"),
             "eval_models_text": ", ".join(f"{a}: {' '.join(Path(m.split(':', 1)[-1]).name if m.startswith('fgpo:') else m for m in ms)}"
                                           for a, ms in models.items())}
-    meta.update(n_heldout_pairs=ev.get("n_heldout_pairs"), n_heldout_prompts=ev.get("n_heldout_prompts"))
+    meta.update(n_heldout_pairs=ev.get("n_heldout_pairs"), n_heldout_prompts=ev.get("n_heldout_prompts"),
+                heldout_longer_chosen=ev.get("heldout_longer_chosen"))
     meta["pools"] = {}
     for spec in cfg.pool_specs:
         mine = [d for d in pools if d["pool"] == spec.name]
