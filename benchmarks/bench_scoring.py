@@ -151,7 +151,7 @@ def main() -> None:
     pad_rows = padding(full, args.backbone, args.max_length, args.batch_size)
     speed_rows = embed_speed(full, args.backbone, args.embed_max_length, args.batch_size, args.embed_texts)
     train_data = subset(full, work / "train", args.train_pairs)
-    modes = {m: train_k5(train_data, work, m, args.backbone, args.max_length) for m in ["frozen", *args.modes]}
+    modes = {m: train_k5(train_data, work, m, args.backbone, args.max_length) for m in dict.fromkeys(["frozen", *args.modes])}
     if "finetune" not in modes:  # a quick check of the scoring and embedding paths
         modes["finetune"] = {"seconds": float("nan"), "metrics": {"heldout_accuracy": {a: float("nan") for a in range(5)}}}
         args.no_write = True
