@@ -646,7 +646,14 @@ def run_score_distributed(data_dir: str | Path, out_dir: str | Path, config: Sco
     from fgpo_tasks import reward_models as rm
     from fgpo_tasks.stages import result_fields, stage_key
 
-    state = PartialState()
+    import os
+
+    import torch
+
+    # on CPUs (or ACCELERATE_USE_CPU) the processes join a gloo group; PartialState() alone would
+    # leave each launched CPU process on its own
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
     if state.num_processes == 1 or config.from_ratings or (reward_models_dir is None and not model_dirs):
         metrics = run_score(data_dir, out_dir, config, created_at, reward_models_dir, model_dirs) \
             if state.is_main_process else None

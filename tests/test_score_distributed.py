@@ -1,5 +1,6 @@
 """Data-parallel scoring: `accelerate launch --num_processes 2 -m fgpo_tasks.cli score` (gloo on
-CPUs) writes the scores one process writes, each process embedding and scoring its own shards."""
+CPUs) writes the scores one process writes (byte for byte on the same embeddings), each process
+embedding and scoring its own shards."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -30,28 +32,40 @@ def test_two_processes_write_the_scores_of_one(tmp_path, created_at, capfd):
         cache_dir=str(tmp_path / "emb-train")), created_at)
     (tmp_path / "acc.yaml").write_text(yaml.safe_dump(ACCELERATE_CPU_DDP))
 
-    def args(name):  # its own (cold) embedding and score caches: every margin is computed afresh
+    def args(name, embeddings):
         return ["--created-at", created_at, "score", "--data", str(tmp_path / "pool"), "--reward-models",
-                str(tmp_path / "rm"), "--out", str(tmp_path / name),
-                "--set", f"embedding_cache_dir={tmp_path / f'emb-{name}'}", "--set", f"cache_dir={tmp_path / f'sc-{name}'}"]
+                str(tmp_path / "rm"), "--out", str(tmp_path / name), "--set", f"embedding_cache_dir={embeddings}",
+                "--set", f"cache_dir={tmp_path / f'sc-{name}'}"]  # own score cache: every margin computed
 
-    assert cli.main(args("one")) == 0
+    def launch(name, embeddings):
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p])}
+        proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(tmp_path / "acc.yaml"), "-m", "fgpo_tasks.cli", *args(name, embeddings)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        start = proc.stdout.index("{\n")  # only the main process prints its result (JSON)
+        printed, _ = json.JSONDecoder().raw_decode(proc.stdout[start:])
+        assert proc.stdout.count('"num_processes"') == 1, proc.stdout[-3000:]
+        assert printed["num_processes"] == 2 and printed["n_pairs"] == 90
+        assert not list(tmp_path.glob(f".{name}.shards-*"))  # the shard folder is gone
+        return read_scores(tmp_path / name)[0]
+
+    # The embeddings the proxies were trained on (every text cached once): byte-identical scores.
+    warm = tmp_path / "emb-train"
+    assert cli.main(args("one", warm)) == 0
     capfd.readouterr()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p])}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "acc.yaml"),
-                           "-m", "fgpo_tasks.cli", *args("two")], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    printed = json.loads(proc.stdout[proc.stdout.index("{"):])  # only the main process prints
-    assert printed["num_processes"] == 2 and printed["n_pairs"] == 90
-    one, two = read_scores(tmp_path / "one")[0], read_scores(tmp_path / "two")[0]
-    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    one = read_scores(tmp_path / "one")[0]
+    pd.testing.assert_frame_equal(one, launch("two", warm), check_exact=True)
     assert (tmp_path / "one" / "scores.parquet").read_bytes() == (tmp_path / "two" / "scores.parquet").read_bytes()
-    assert not list(tmp_path.glob(".two.shards-*"))  # the shard folder is gone
-    # both processes embedded: the second cache holds every text once, as the first does
+    # A cold embedding cache: each process embeds its own shards' texts (a backbone batch of other
+    # texts pads them differently: float32 rounding apart), every text once.
+    cold = launch("cold", tmp_path / "emb-cold")
+    for col in [c for c in one.columns if c.startswith(("margin_", "raw_margin_"))] + ["pd"]:
+        np.testing.assert_allclose(cold[col], one[col], rtol=0, atol=1e-4, equal_nan=True, err_msg=col)
     from fgpo_tasks.reward_models import EmbeddingCache
 
-    caches = [EmbeddingCache(tmp_path / f"emb-{n}", next((tmp_path / f"emb-{n}").iterdir()).name) for n in ("one", "two")]
+    caches = [EmbeddingCache(d, next(d.iterdir()).name) for d in (warm, tmp_path / "emb-cold")]
     for c in caches:
         c.refresh()
     assert len(caches[0]) == len(caches[1]) > 0

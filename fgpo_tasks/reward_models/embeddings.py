@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -133,9 +132,9 @@ class EmbeddingCache:
     name and renamed, the keys last: a shard exists for a reader once its keys do. Readers take no
     lock: a lookup reads the key files of the buckets its texts fall in (the index, cached per
     process and extended only by new shards) and then, memory-mapped, only the rows of the shards
-    that hold its texts; a lookup never touches the other buckets. Writers of missing texts
-    serialise per bucket (16 locks, so writers of other buckets proceed in parallel) and look
-    again once they hold the lock, so parallel tasks embed each
+    that hold its texts; a lookup never touches the other buckets. A writer of missing texts takes
+    the locks of their buckets (in order) and looks again once it holds them, so parallel tasks
+    embed each
     text once overall. Shards written by earlier versions (``<key>/shard-*``, no bucket) are moved
     into buckets the first time a cache folder is opened for writing or looked up."""
 
@@ -258,20 +257,18 @@ class EmbeddingCache:
         self.refresh(buckets)
         missing = self.missing(keys)
         if missing:
-            groups: dict[str, list[str]] = {}
-            for k in missing:
-                groups.setdefault(bucket_of(k), []).append(k)
-            names = sorted(groups)
-            start = os.getpid() % len(names)  # parallel writers start in different buckets
-            for g in names[start:] + names[:start]:
-                with file_lock(self.dir / f".write-{g}.lock"):
-                    self.refresh([g])  # another writer may have added them meanwhile
-                    todo = self.missing(groups[g])
-                    if todo:
-                        log.info("embedding %d new texts", len(todo))
-                    for i in range(0, len(todo), WRITE_CHUNK):
-                        chunk = todo[i:i + WRITE_CHUNK]
-                        self.add(chunk, compute(chunk))
+            with contextlib.ExitStack() as locks:
+                # the locks of the buckets of the missing texts, in sorted order (no deadlock), then
+                # one batched pass over what is still missing once they are held
+                for g in sorted({bucket_of(k) for k in missing}):
+                    locks.enter_context(file_lock(self.dir / f".write-{g}.lock"))
+                self.refresh(buckets)  # another writer may have added them meanwhile
+                todo = self.missing(missing)
+                if todo:
+                    log.info("embedding %d new texts (%d cached)", len(todo), len(set(keys)) - len(todo))
+                for i in range(0, len(todo), WRITE_CHUNK):
+                    chunk = todo[i:i + WRITE_CHUNK]
+                    self.add(chunk, compute(chunk))
         return self.get(keys)
 
 
