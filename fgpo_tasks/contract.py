@@ -278,6 +278,23 @@ def normalize_table(table: pa.Table) -> pa.Table:
     return table
 
 
+def concat_pair_tables(tables: list[pa.Table]) -> pa.Table:
+    """Contract tables one after the other, their ratings widened to every aspect of any."""
+    tables = [conform_table(t).select(COLUMNS) for t in tables]
+    if not tables:
+        return to_arrow(frame([]))
+    aspects = sorted({a for t in tables for a in table_rating_aspects(t)})
+    out = []
+    for t in tables:
+        t = normalize_table(t)
+        for col in ("ratings_chosen", "ratings_rejected"):
+            i = t.column_names.index(col)
+            arr = _ratings_struct(t.column(col), aspects)
+            t = t.set_column(i, pa.field(col, arr.type), arr)
+        out.append(t)
+    return pa.concat_tables(out)
+
+
 def conform_table(table: pa.Table) -> pa.Table:
     """``table`` with every contract column (missing ones as nulls of their type), in contract
     order, then any extra columns."""

@@ -127,21 +127,16 @@ def conflict_matrix(pair_aspects, scaled: np.ndarray, model_aspects: list[str], 
     return data
 
 
-# a run of characters that str.isspace() rejects: one word of str.split()
-_WORD = r"[^\t\n\x0b\f\r\x1c-\x1f\x85\p{Z}]+"
-
-
-def _word_lengths(texts, batch: int = 1 << 18) -> np.ndarray:
-    """Words per text (as len(str.split())); ``texts`` may be an Arrow column, counted by Arrow
-    in batches (no Python string per row)."""
+def _word_lengths(texts, batch: int = 1 << 16) -> np.ndarray:
+    """Words per text (len(str.split())); ``texts`` may be an Arrow column, read in batches
+    (only one batch of Python strings at a time)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         out = np.empty(len(texts), dtype=float)
         for start in range(0, len(texts), batch):
-            part = texts.slice(start, batch)
-            out[start:start + len(part)] = pc.count_substring_regex(part, _WORD).to_numpy(zero_copy_only=False)
+            part = texts.slice(start, batch).to_pylist()
+            out[start:start + len(part)] = [len(str(t).split()) for t in part]
         return out
     return np.array([len(str(t).split()) for t in texts], dtype=float)
 

@@ -229,6 +229,15 @@ def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
     return df.iloc[idx].reset_index(drop=True), info
 
 
+def _isin(values: pd.Series, allowed: pd.Series) -> np.ndarray:
+    """Boolean mask: which ``values`` occur in ``allowed`` (Arrow's hash lookup, no Python list)."""
+    import pyarrow.compute as pc
+
+    arr = pa.array(values.to_numpy(dtype=object), type=pa.string())
+    return pc.is_in(arr, value_set=pa.array(allowed.to_numpy(dtype=object), type=pa.string())
+                    ).to_numpy(zero_copy_only=False)
+
+
 def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                config: SelectConfig, created_at: str) -> dict[str, Any]:
     """Write the selected subset of ``data_dir`` (a contract pair dir) plus manifest and reports.
@@ -254,7 +263,7 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     scores, s_manifest = (read_scores(scores_dir) if scores_dir is not None or needs_scores
                           else (None, {}))
     if scores is not None:
-        unscored = ~df["pair_id"].isin(scores["pair_id"]).to_numpy()
+        unscored = ~_isin(df["pair_id"], scores["pair_id"])
         missing = sorted(df["pair_id"][unscored].unique().tolist())
         if missing:
             raise InputError(f"{len(missing)} pairs of the data have no score (e.g. {missing[0]}): "
@@ -284,7 +293,7 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         selected = cap_selection(selected, config.max_pairs, config.seed)
         log.info("max_pairs=%d: training on a uniform sample of %d of the %d selected pairs",
                  config.max_pairs, len(selected), info["n_before_cap"])
-    chosen_mask = df["pair_id"].isin(selected["pair_id"]).to_numpy()
+    chosen_mask = _isin(df["pair_id"], selected["pair_id"])
     if table is not None:
         selected = table.take(pa.array(selected[_POS].to_numpy()))
         pool: pd.DataFrame | pa.Table = table

@@ -53,7 +53,6 @@ _ROW = "_row"  # position of a row in the input table: how GX results point back
 _SAME = "_chosen_equals_rejected"
 _REPEAT = "_pair_id_repeats_earlier_row"
 _CONTRA = "_contradictory_label"
-_RATINGS = "fgpo_ratings"  # frame attribute: the rating values read from the Arrow table
 _MAX_SHOWN_CHARS = 200  # long texts in the JSON report and data docs are cut to this
 
 
@@ -131,13 +130,15 @@ def _rating_keys(df: pd.DataFrame) -> list[str]:
 def _prompt_keys(raw: pd.DataFrame) -> pd.Series:
     """``contract.prompt_key`` of every row: the prompt text, or the conversation's canonical JSON
     (computed in Python only for the rows that have one)."""
-    keys = raw["prompt"].astype(object) if "prompt_messages" in raw.columns else raw["prompt"]
+    keys = raw["prompt"]
     if "prompt_messages" not in raw.columns:
         return keys
+    msgs = raw["prompt_messages"]
+    rows = [pos for pos, m in enumerate(msgs) if m is not None and not isinstance(m, float) and len(m)]
+    if not rows:
+        return keys
     keys = keys.copy()
-    for pos, m in enumerate(raw["prompt_messages"]):
-        if m is not None and not (isinstance(m, float) and math.isnan(m)) and len(m):
-            keys.iloc[pos] = contract.prompt_key(raw["prompt"].iloc[pos], list(m))
+    keys.iloc[rows] = [contract.prompt_key(raw["prompt"].iloc[pos], list(msgs.iloc[pos])) for pos in rows]
     return keys
 
 
@@ -163,13 +164,19 @@ def contradictory_labels(raw: pd.DataFrame) -> np.ndarray:
     if not ok.any():
         return np.zeros(len(raw), dtype=bool)
     sub = raw[ok]
-    chosen, rejected = text["chosen"][ok].astype(str), text["rejected"][ok].astype(str)
+    chosen, rejected = text["chosen"][ok], text["rejected"][ok]
+    # Integer codes stand for the texts (one code per distinct text): the group-by is over ints.
+    texts = pd.concat([pd.Series(chosen.array), pd.Series(rejected.array)], ignore_index=True)
+    codes = pd.factorize(texts)[0].astype(np.int64)
+    del texts
+    c_code, r_code = codes[:len(chosen)], codes[len(chosen):]
     first_wins = (chosen < rejected).to_numpy(dtype=bool)
-    frame = pd.DataFrame({"aspect": text["aspect"][ok].astype(str).to_numpy(),
-                          "prompt": _prompt_keys(sub).astype(str).to_numpy(),
-                          "first": np.where(first_wins, chosen, rejected),
-                          "second": np.where(first_wins, rejected, chosen),
+    frame = pd.DataFrame({"aspect": pd.factorize(text["aspect"][ok])[0],
+                          "prompt": pd.factorize(_prompt_keys(sub))[0],
+                          "first": np.where(first_wins, c_code, r_code),
+                          "second": np.where(first_wins, r_code, c_code),
                           "first_wins": first_wins})
+    del codes, c_code, r_code, sub
     group = frame.groupby(["aspect", "prompt", "first", "second"], sort=False)["first_wins"]
     votes = group.transform("sum").to_numpy()
     total = group.transform("count").to_numpy()
@@ -180,8 +187,10 @@ def contradictory_labels(raw: pd.DataFrame) -> np.ndarray:
     return flagged
 
 
-def check_frame(raw: pd.DataFrame) -> pd.DataFrame:
-    """The table GX validates: present string columns, ``_row`` and the helper columns."""
+def check_frame(raw: pd.DataFrame, ratings: tuple | None = None) -> pd.DataFrame:
+    """The table GX validates: present string columns, ``_row`` and the helper columns.
+    ``ratings``: (aspects, {"chosen"/"rejected": (N, K) floats}) when read from Arrow; else the
+    ratings are read from the dicts of ``raw``'s ratings columns."""
     cols = {c: raw[c] for c in contract.REQUIRED_COLUMNS if c in raw.columns}
     out = pd.DataFrame(cols, index=raw.index)
     out[_ROW] = np.arange(len(raw), dtype=np.int64)
@@ -190,7 +199,6 @@ def check_frame(raw: pd.DataFrame) -> pd.DataFrame:
     if "pair_id" in raw.columns:
         out[_REPEAT] = (raw["pair_id"].notna() & raw["pair_id"].duplicated(keep="first")).to_numpy()
     out[_CONTRA] = contradictory_labels(raw.reset_index(drop=True))
-    ratings = raw.attrs.get(_RATINGS)  # (aspects, {which: (N, K) floats}) read from Arrow
     for which in ("chosen", "rejected"):
         col = f"ratings_{which}"
         if ratings is not None:
@@ -425,10 +433,10 @@ def _origin(row: pd.Series) -> str:
     return where
 
 
-def _read_input(data_dir: Path) -> tuple[pa.Table, pd.DataFrame, dict]:
+def _read_input(data_dir: Path) -> tuple[pa.Table, pd.DataFrame, tuple, dict]:
     """The input table as stored (a missing required column stays missing), the frame GX checks
     (text columns as Arrow-backed strings, no Python object per row; the ratings as floats in
-    ``attrs``) and its provenance."""
+    a tuple for ``check_frame``) and its provenance."""
     path = data_dir / contract.PAIRS_FILE
     if not path.is_file():
         raise FgpoError(f"{data_dir}: not an fgpo data directory (no {contract.PAIRS_FILE})")
@@ -440,15 +448,14 @@ def _read_input(data_dir: Path) -> tuple[pa.Table, pd.DataFrame, dict]:
     from fgpo_tasks.scoring import _rating_values
 
     aspects = contract.table_rating_aspects(table)
-    raw.attrs[_RATINGS] = (aspects, {w: _rating_values(table, f"ratings_{w}", aspects)
-                                     for w in ("chosen", "rejected")})
+    ratings = (aspects, {w: _rating_values(table, f"ratings_{w}", aspects) for w in ("chosen", "rejected")})
     manifest = {}
     if (data_dir / contract.MANIFEST_FILE).is_file():
         manifest = contract.read_manifest(data_dir)
     origin = {"path": str(data_dir), "stage": manifest.get("stage"),
               "fingerprint": manifest.get("fingerprint"),
               "file_sha256": file_fingerprint(path)}
-    return table, raw, origin
+    return table, raw, ratings, origin
 
 
 def failure_message(summary: dict[str, Any], out_dir: Path) -> str:
@@ -487,9 +494,10 @@ def run_validate(data_dir: str | Path, out_dir: str | Path, config: ValidateConf
         seconds[name] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
-    table, raw, origin = _read_input(data_dir)
+    table, raw, ratings, origin = _read_input(data_dir)
     n_in = len(raw)
-    frame = check_frame(raw)
+    frame = check_frame(raw, ratings)
+    del ratings
     run_name = f"fgpo-validate-{created_at}"
     lap("read")
 

@@ -10,13 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fgpo_tasks import cli
+from fgpo_tasks import cli, contract
 from fgpo_tasks.config import load_config, read_yaml
 from fgpo_tasks.contract import read_manifest, read_pairs
 from fgpo_tasks.errors import ConfigError, InputError
 from fgpo_tasks.ingest import (IngestConfig, RatedResponse, pair_rated_responses, parse_conversation,
                                run_ingest)
 from fgpo_tasks.ingest import readers
+from fgpo_tasks.ingest.adapters import pair_rated_table
+from fgpo_tasks.provenance import sha256_hex
 
 HS2 = "helpsteer2-aspects"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ingest"
@@ -473,3 +475,44 @@ def test_readers_hub_id_detection(tmp_path):
     assert readers.resolve_source("hf:squad", "trl").kind == "hub"
     with pytest.raises(InputError):
         readers.resolve_source("data/pairs.jsonl", "trl")  # looks like a path: never the hub
+
+
+def _naive_pairing(responses, min_margin, max_pairs_per_prompt):
+    """The pairing as first written: every candidate built, then the per-prompt cap applied."""
+    groups = {}
+    for r in responses:
+        groups.setdefault(r.prompt, [])
+        if r.response not in [x.response for x in groups[r.prompt]]:
+            groups[r.prompt].append(r)
+    cands = sorted((sha256_hex(k, *sorted((a.response, b.response))), k, *sorted((a, b), key=lambda r: r.response))
+                   for k, rs in groups.items() for i, a in enumerate(rs) for b in rs[i + 1:])
+    per_aspect, per_prompt, out = Counter(), Counter(), []
+    for h, k, a, b in cands:
+        if max_pairs_per_prompt is not None and per_prompt[k] >= max_pairs_per_prompt:
+            continue
+        ra, rb = dict(a.ratings), dict(b.ratings)
+        eligible = [x for x in ra if abs(ra[x] - rb[x]) >= min_margin]
+        if not eligible:
+            continue
+        aspect = min(eligible, key=lambda x: (per_aspect[x], sha256_hex(h, x)))
+        per_aspect[aspect] += 1
+        per_prompt[k] += 1
+        win = a if ra[aspect] > rb[aspect] else b
+        out.append((k, win.response, aspect))
+    return out
+
+
+@pytest.mark.parametrize("cap", [None, 1, 2])
+def test_pairing_caps_while_building_and_the_table_holds_the_same_rows(cap):
+    rng = random.Random(3)
+    rs = [_rated(f"q{i // 5}", f"r{i}", i + 1, help=float(rng.randint(0, 4)), verb=float(rng.randint(0, 4)),
+                 corr=float(rng.randint(0, 4))) for i in range(200)]
+    pairs, stats = pair_rated_responses(rs, batch_id="b", max_pairs_per_prompt=cap)
+    assert [(p["prompt"], p["chosen"], p["aspect"]) for p in pairs] == _naive_pairing(rs, 1.0, cap)
+    assert stats["candidate_pairs"] == 40 * 10
+    assert stats["candidate_pairs"] == stats["no_margin"] + stats["over_max_pairs_per_prompt"] + len(pairs)
+    table, table_stats = pair_rated_table(rs, batch_id="b", max_pairs_per_prompt=cap)
+    assert table_stats == stats
+    assert contract.from_arrow(table).to_dict(orient="records") == \
+        contract.from_arrow(contract.to_arrow(contract.frame(pairs))).to_dict(orient="records")
+    assert contract.content_fingerprint(table) == contract.content_fingerprint(contract.frame(pairs))

@@ -218,3 +218,27 @@ def test_cli_score_error_is_one_readable_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fgpo_tasks.cli", "score", "--data", "d", "--out", "o"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "one of the arguments --reward-models --from-ratings is required" in r.stderr
+
+
+def test_ratings_pd_on_arrow_equals_the_frame_path():
+    import pyarrow as pa
+
+    from fgpo_tasks.scoring import ratings_pd
+
+    rows = synthetic.generate(synthetic.SyntheticConfig(n_pairs=600, seed=1))
+    for i, r in enumerate(rows):
+        if i % 7 == 0:
+            r["ratings_chosen"] = None
+        elif i % 5 == 0:
+            r["ratings_rejected"] = {k: v for k, v in r["ratings_rejected"].items() if k != "detail"}
+        if i % 11 == 0 and i:  # a response seen in two pairs: its ratings are pooled
+            r["prompt"], r["chosen"] = rows[i - 1]["prompt"], rows[i - 1]["rejected"]
+    df = contract.frame(rows)
+    table = contract.to_arrow(df)
+    assert isinstance(table, pa.Table)
+    for pool in (True, False):
+        a = ratings_pd(df, 0.9, ["conciseness"], pool)
+        b = ratings_pd(table, 0.9, ["conciseness"], pool)
+        assert a[0] == b[0]
+        for x, y in zip(a[1:], b[1:]):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)

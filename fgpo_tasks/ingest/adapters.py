@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
+import numpy as np
+
 from fgpo_tasks.contract import make_pair, prompt_key
 from fgpo_tasks.errors import ConfigError
 from fgpo_tasks.ingest.config import FORMATS, IngestConfig
@@ -519,6 +521,67 @@ def _unhashable(prompt: str | tuple) -> str | list[dict]:
 
 # ---------------------------------------------------------------------------- pairing
 
+def _eligible(ra: dict, rb: dict, min_margin: float) -> list[str]:
+    return [k for k in ra if ra[k] is not None and rb.get(k) is not None and abs(ra[k] - rb[k]) >= min_margin]
+
+
+def _plan_pairs(responses: Sequence[RatedResponse], min_margin: float,
+                max_pairs_per_prompt: int | None, lower_is_better: Sequence[str]) -> tuple[list, dict]:
+    """(pairs as (winner, loser, aspect, winner's ratings, loser's ratings), stats).
+
+    ``max_pairs_per_prompt`` applies while a prompt's candidates are built: they are walked in
+    hash order and only its first eligible ones are kept (the rest are counted, never held)."""
+    groups: dict[str, list[RatedResponse]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    duplicates = 0
+    for r in responses:
+        prompt = _unhashable(r.prompt)
+        key = prompt_key(prompt, None) if isinstance(prompt, str) else prompt_key("", prompt)
+        if (key, r.response) in seen:  # the same response twice: first one wins
+            duplicates += 1
+            continue
+        seen.add((key, r.response))
+        groups[key].append(r)
+    del seen
+    candidates = []
+    n_candidates, no_margin, over_limit = 0, 0, 0
+    for key, rs in groups.items():
+        mine = []
+        for i in range(len(rs)):
+            for j in range(i + 1, len(rs)):
+                a, b = (rs[i], rs[j]) if rs[i].response <= rs[j].response else (rs[j], rs[i])
+                mine.append((sha256_hex(key, a.response, b.response), a, b))
+        n_candidates += len(mine)
+        if max_pairs_per_prompt is not None and len(mine) > max_pairs_per_prompt:
+            mine.sort(key=lambda c: c[0])
+        kept = 0
+        for h, a, b in mine:
+            if max_pairs_per_prompt is not None and kept >= max_pairs_per_prompt:
+                over_limit += 1
+                continue
+            ra, rb = dict(a.ratings), dict(b.ratings)
+            eligible = _eligible(ra, rb, min_margin)
+            if not eligible:
+                no_margin += 1
+                continue
+            kept += 1
+            candidates.append((h, a, b, ra, rb, eligible))
+    candidates.sort(key=lambda c: c[0])
+
+    per_aspect: Counter = Counter()
+    plan = []
+    lower = set(lower_is_better)
+    for h, a, b, ra, rb, eligible in candidates:
+        aspect = min(eligible, key=lambda k: (per_aspect[k], sha256_hex(h, k)))
+        a_wins = (ra[aspect] < rb[aspect]) if aspect in lower else (ra[aspect] > rb[aspect])
+        per_aspect[aspect] += 1
+        plan.append((a, b, aspect, ra, rb) if a_wins else (b, a, aspect, rb, ra))
+    stats = {"responses": len(responses), "duplicate_responses": duplicates, "prompts": len(groups),
+             "candidate_pairs": n_candidates, "no_margin": no_margin,
+             "over_max_pairs_per_prompt": over_limit, "pairs": len(plan)}
+    return plan, stats
+
+
 def pair_rated_responses(responses: Sequence[RatedResponse], *, batch_id: str, min_margin: float = 1.0,
                          max_pairs_per_prompt: int | None = None,
                          lower_is_better: Sequence[str] = ()) -> tuple[list[dict], dict]:
@@ -531,51 +594,64 @@ def pair_rated_responses(responses: Sequence[RatedResponse], *, batch_id: str, m
     chosen = the better one on that aspect; every aspect's rating is kept on both sides.
     Returns (contract rows, stats).
     """
-    groups: dict[str, list[RatedResponse]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
-    duplicates = 0
-    for r in responses:
-        prompt = _unhashable(r.prompt)
-        key = prompt_key(prompt, None) if isinstance(prompt, str) else prompt_key("", prompt)
-        if (key, r.response) in seen:  # the same response twice: first one wins
-            duplicates += 1
-            continue
-        seen.add((key, r.response))
-        groups[key].append(r)
-    candidates = []
-    for key, rs in groups.items():
-        for i in range(len(rs)):
-            for j in range(i + 1, len(rs)):
-                a, b = sorted((rs[i], rs[j]), key=lambda r: r.response)
-                candidates.append((sha256_hex(key, a.response, b.response), key, a, b))
-    candidates.sort(key=lambda c: c[0])
-
-    per_aspect: Counter = Counter()
-    per_prompt: Counter = Counter()
-    out, no_margin, over_limit = [], 0, 0
-    lower = set(lower_is_better)
-    for h, key, a, b in candidates:
-        if max_pairs_per_prompt is not None and per_prompt[key] >= max_pairs_per_prompt:
-            over_limit += 1
-            continue
-        ra, rb = dict(a.ratings), dict(b.ratings)
-        eligible = [k for k in ra if ra[k] is not None and rb.get(k) is not None
-                    and abs(ra[k] - rb[k]) >= min_margin]
-        if not eligible:
-            no_margin += 1
-            continue
-        aspect = min(eligible, key=lambda k: (per_aspect[k], sha256_hex(h, k)))
-        a_wins = (ra[aspect] < rb[aspect]) if aspect in lower else (ra[aspect] > rb[aspect])
-        win, lose = (a, b) if a_wins else (b, a)
-        rw, rl = (ra, rb) if a_wins else (rb, ra)
-        per_aspect[aspect] += 1
-        per_prompt[key] += 1
-        out.append(make_pair(prompt=_unhashable(win.prompt), chosen=win.response, rejected=lose.response,
-                             aspect=aspect, source=win.source, batch_id=batch_id,
-                             ratings_chosen={k: v for k, v in rw.items() if v is not None} or None,
-                             ratings_rejected={k: v for k, v in rl.items() if v is not None} or None,
-                             source_line=win.line))
-    stats = {"responses": len(responses), "duplicate_responses": duplicates, "prompts": len(groups),
-             "candidate_pairs": len(candidates), "no_margin": no_margin,
-             "over_max_pairs_per_prompt": over_limit, "pairs": len(out)}
+    plan, stats = _plan_pairs(responses, min_margin, max_pairs_per_prompt, lower_is_better)
+    out = [make_pair(prompt=_unhashable(win.prompt), chosen=win.response, rejected=lose.response,
+                     aspect=aspect, source=win.source, batch_id=batch_id,
+                     ratings_chosen={k: v for k, v in rw.items() if v is not None} or None,
+                     ratings_rejected={k: v for k, v in rl.items() if v is not None} or None,
+                     source_line=win.line)
+           for win, lose, aspect, rw, rl in plan]
     return out, stats
+
+
+def pair_rated_table(responses: Sequence[RatedResponse], *, batch_id: str, min_margin: float = 1.0,
+                     max_pairs_per_prompt: int | None = None, lower_is_better: Sequence[str] = ()):
+    """``pair_rated_responses`` as the contract's Arrow table (columns built directly, no dict
+    per pair): the same rows, in the same order. Returns (table, stats)."""
+    import pyarrow as pa
+
+    from fgpo_tasks.contract import MESSAGE_TYPE, pair_id, render_messages
+
+    plan, stats = _plan_pairs(responses, min_margin, max_pairs_per_prompt, lower_is_better)
+    del responses
+    n = len(plan)
+    cols: dict[str, list] = {c: [None] * n for c in ("pair_id", "prompt", "prompt_messages", "chosen",
+                                                     "rejected", "aspect", "source", "source_line")}
+    aspects = sorted({k for _, _, _, rw, rl in plan for d in (rw, rl) for k, v in d.items() if v is not None})
+    ratings = {w: {a: [None] * n for a in aspects} for w in ("chosen", "rejected")}
+    rendered: dict = {}
+    for i, (win, lose, aspect, rw, rl) in enumerate(plan):
+        if isinstance(win.prompt, str):
+            prompt, messages = win.prompt, None
+        else:
+            if win.prompt not in rendered:
+                msgs = _unhashable(win.prompt)
+                rendered[win.prompt] = (render_messages(msgs), msgs)
+            prompt, messages = rendered[win.prompt]
+        cols["pair_id"][i] = pair_id(prompt, win.response, lose.response, aspect, messages)
+        cols["prompt"][i], cols["prompt_messages"][i] = prompt, messages
+        cols["chosen"][i], cols["rejected"][i], cols["aspect"][i] = win.response, lose.response, aspect
+        cols["source"][i], cols["source_line"][i] = win.source, win.line
+        for which, d in (("chosen", rw), ("rejected", rl)):
+            for k, v in d.items():
+                if v is not None:
+                    ratings[which][k][i] = float(v)
+    del plan
+    arrays = {c: pa.array(cols.pop(c), type=pa.string()) for c in ("pair_id", "prompt", "chosen", "rejected", "aspect")}
+    arrays["prompt_messages"] = pa.array(cols.pop("prompt_messages"), type=MESSAGE_TYPE)
+    arrays["source"] = pa.array(cols.pop("source"), type=pa.string())
+    arrays["batch_id"] = pa.array([batch_id] * n, type=pa.string())
+    for which in ("chosen", "rejected"):
+        if aspects:
+            children = [pa.array(ratings[which].pop(a), type=pa.float64()) for a in aspects]
+            rated = np.zeros(n, dtype=bool)
+            for c in children:
+                rated |= c.is_valid().to_numpy(zero_copy_only=False)
+            arrays[f"ratings_{which}"] = pa.StructArray.from_arrays(children, names=aspects,
+                                                                   mask=pa.array(~rated))
+        else:
+            arrays[f"ratings_{which}"] = pa.nulls(n)
+    arrays["source_line"] = pa.array(cols.pop("source_line"), type=pa.int64())
+    from fgpo_tasks.contract import COLUMNS
+
+    return pa.table({c: arrays[c] for c in COLUMNS}), stats

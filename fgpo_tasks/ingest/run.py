@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from fgpo_tasks import contract
@@ -14,7 +15,7 @@ from fgpo_tasks.config import from_dict, to_dict
 from fgpo_tasks import jsonio
 from fgpo_tasks.errors import ConfigError, FgpoError, format_location
 from fgpo_tasks.ingest.adapters import (GROUPED_FORMATS, Context, RatedResponse, RowError,
-                                        pair_rated_responses, parse_row)
+                                        pair_rated_table, parse_row)
 from fgpo_tasks.ingest.config import FORMATS, IngestConfig
 from fgpo_tasks.ingest.readers import Rejected, Source, read_rows, resolve_source, row_raw
 from fgpo_tasks.provenance import file_fingerprint
@@ -72,7 +73,8 @@ def run_ingest(sources: list[str], formats: list[str], out_dir: str | Path, conf
     resolved = [resolve_source(s, f, config.hub_split) for s, f in zip(sources, formats)]
     hub = {"split": config.hub_split, "name": config.hub_name, "revision": config.hub_revision}
 
-    pairs: list[dict] = []
+    pairs: list[dict] = []  # rows of the formats that give pairs, since the last table part
+    parts: list = []        # the pair table in order: Arrow parts
     rejected: list[Rejected] = []
     files, inputs, pairing = [], [], {}
     for src, fmt in zip(resolved, formats):
@@ -112,23 +114,30 @@ def run_ingest(sources: list[str], formats: list[str], out_dir: str | Path, conf
             files.append(stats)
             inputs.append(_input_record(src, fmt, sf, hub))
         if fmt in GROUPED_FORMATS and rated:
-            got, pairing[src.arg] = pair_rated_responses(
+            got, pairing[src.arg] = pair_rated_table(
                 rated, batch_id=batch_id, min_margin=config.min_margin,
                 max_pairs_per_prompt=config.max_pairs_per_prompt, lower_is_better=config.lower_is_better)
-            pairs += got
-            per_source = Counter(p["source"] for p in got)
+            del rated
+            if pairs:
+                parts.append(contract.to_arrow(contract.frame(pairs)))
+                pairs = []
+            parts.append(got)
+            per_source = {d["values"]: d["counts"] for d in pc.value_counts(got.column("source")).to_pylist()}
             for stats, sf in zip(files[-len(src.files):], src.files):
-                stats["pairs"] += per_source[f"{fmt}:{sf.rel}"]
+                stats["pairs"] += per_source.get(f"{fmt}:{sf.rel}", 0)
 
     if len(rejected) > MAX_LOGGED:
         log.warning("%d more quarantined rows not logged one by one (see %s)",
                     len(rejected) - MAX_LOGGED, QUARANTINE_FILE)
-    df = contract.frame(pairs)
+    if pairs or not parts:
+        parts.append(contract.to_arrow(contract.frame(pairs)))
+    df = contract.concat_pair_tables(parts)  # the pool as Arrow: no Python row per pair
+    del parts, pairs
     quarantine = quarantine_frame(rejected)
     totals = {k: sum(f[k] for f in files) for k in ("rows_in", "rows_accepted", "rows_quarantined")}
     assert totals["rows_in"] == totals["rows_accepted"] + totals["rows_quarantined"], totals
     reasons = dict(sorted(Counter(r.kind for r in rejected).items()))
-    duplicates = int(df["pair_id"].duplicated().sum()) if len(df) else 0
+    duplicates = int(len(df) - pc.count_distinct(df.column("pair_id")).as_py()) if len(df) else 0
     if duplicates:
         log.warning("%d pairs repeat an earlier pair_id (same prompt, responses and aspect)", duplicates)
     fraction = totals["rows_quarantined"] / totals["rows_in"] if totals["rows_in"] else 0.0
