@@ -85,6 +85,11 @@ CANDIDATES = [
     Candidate("minilm block 4 mean", (_f("minilm", 4),)),
     Candidate("minilm block 5 mean", (_f("minilm", 5),)),
     Candidate("minilm blocks 4+final mean", (_f("minilm", 4), _f("minilm"))),
+    Candidate("minilm block 3 mean, MLP 128", (_f("minilm", 3),), head_hidden=128),
+    Candidate("minilm block 3 mean, MLP 128, 5-seed ensemble", (_f("minilm", 3),), head_hidden=128, ensemble=5),
+    Candidate("minilm block 3 mean, 5-seed ensemble", (_f("minilm", 3),), ensemble=5),
+    Candidate("minilm block 3 mean, rho 0", (_f("minilm", 3),), rho=0.0),
+    Candidate("minilm block 4 mean, MLP 128, 5-seed ensemble", (_f("minilm", 4),), head_hidden=128, ensemble=5),
     Candidate("minilm response only (separate)", (_f("minilm-resp"),)),
     Candidate("minilm final mean, wd 1", (_f("minilm"),), weight_decay=1.0),
     Candidate("minilm final mean, 10 epochs", (_f("minilm"),), epochs=10),
@@ -236,6 +241,12 @@ CONFLICT_CONFIGS = {
     "minilm final mean, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5},
     "minilm final mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5, "head_hidden": 128},
     "minilm final mean, MLP 128": {"backbone": "minilm-l6", "head_hidden": 128},
+    "minilm block 3 mean": {"backbone": "minilm-l6", "layer": 3, "pooling": "mean"},
+    "minilm block 4 mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "layer": 4, "pooling": "mean",
+                                                      "head_hidden": 128, "ensemble": 5},
+    "minilm block 3 mean, MLP 128": {"backbone": "minilm-l6", "layer": 3, "pooling": "mean", "head_hidden": 128},
+    "minilm block 3 mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "layer": 3, "pooling": "mean",
+                                                      "head_hidden": 128, "ensemble": 5},
     "minilm final mean, MLP 128, 5-seed ensemble, rho 0": {"backbone": "minilm-l6", "ensemble": 5,
                                                            "head_hidden": 128, "rho": 0},
     "smollm2 block 12 mean, MLP 128, 5-seed ensemble": {
@@ -344,7 +355,9 @@ def main() -> None:
     if args.phase == "conflict":
         res_file = work / "conflict.json"
         res = json.loads(res_file.read_text()) if res_file.exists() else {}
-        res.update(conflict_auc(Path(args.rated), work, args.conflict.split(";")))
+        names = [n for n in (args.conflict or "").split(";") if n]  # none: re-render the table
+        if names:
+            res.update(conflict_auc(Path(args.rated), work, names))
         res_file.write_text(json.dumps(res, indent=2))
         rows = [[k, round(v["auc"], 3), round(v["spearman"], 3), f"{v['n_conflicting']}/{v['n']}",
                  round(v["heldout_accuracy"], 3), v["seconds_total"]] for k, v in res.items()]

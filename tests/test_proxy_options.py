@@ -169,7 +169,7 @@ def test_dtype_setting(tmp_path):
         RewardModelConfig(dtype="int8")
     with pytest.raises(ConfigError, match="ensemble must be >= 1"):
         RewardModelConfig(ensemble=0)
-    with pytest.raises(ConfigError, match="layer must be >= 1"):
+    with pytest.raises(ConfigError, match="layer must be an integer >= 1"):
         RewardModelConfig(layer=0)
     fp32 = get_embedder("tiny-llama", 64, 24, "mean", 8, "cpu")
     bf16 = get_embedder("tiny-llama", 64, 24, "mean", 8, "cpu", dtype="bf16")
