@@ -332,12 +332,14 @@ def main() -> None:
                     "(fgpo ingest --format rated-responses)")
     ap.add_argument("--conflict", default=None, help="conflict phase: comma list of " + "; ".join(CONFLICT_CONFIGS))
     ap.add_argument("--backbones", default="minilm,minilm-resp,smollm2", help="comma list of " + ",".join(BACKBONES))
-    ap.add_argument("--only", default=None, help="comma list of substrings: run only matching candidates")
+    ap.add_argument("--only", default=None, help="semicolon list of substrings: run only matching candidates")
     ap.add_argument("--seeds", default="0,1,2", help="split seeds (the held-out split and head init)")
     ap.add_argument("--holdout-fraction", type=float, default=0.25, help="fraction of prompts held out")
     ap.add_argument("--prompt-fraction", type=float, default=1.0,
                     help="bench on this fraction of the prompts (by prompt hash; 1 = all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--section", default="proxies", help="BENCHMARKS.md / method-choices.md section name")
+    ap.add_argument("--title", default="Proxy reward-model candidates (HelpSteer2, prompt-disjoint held-out split)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
 
@@ -384,7 +386,7 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
     splits = {s: split(Path(args.data), s, args.holdout_fraction, args.prompt_fraction) for s in seeds}
-    wanted = [c for c in CANDIDATES if not args.only or any(o in c.name for o in args.only.split(","))]
+    wanted = [c for c in CANDIDATES if not args.only or any(o in c.name for o in args.only.split(";"))]
     for cand in wanted:
         if any(f[0] not in args.backbones.split(",") for f in cand.features):
             continue
@@ -417,8 +419,8 @@ def main() -> None:
                    f"{v['seconds_per_text'] * 1000:.0f} ms/text, {v['n_recipes']} recipes in one pass"
                    for k, v in timings.items()]
     md = "\n".join([
-        "## Proxy reward-model candidates (HelpSteer2, prompt-disjoint held-out split)", "",
-        f"`.venv/bin/python benchmarks/bench_proxies.py --data DIR --seeds {args.seeds} "
+        f"## {args.title}", "",
+        f"`.venv/bin/python benchmarks/bench_proxies.py --data DIR --backbones {args.backbones} --seeds {args.seeds} "
         f"--holdout-fraction {args.holdout_fraction} --prompt-fraction {args.prompt_fraction}` "
         "(DIR: `fgpo ingest --format helpsteer2-aspects`)  ",
         f"Machine: {machine()} (shared with other jobs; expect +-50% noise in seconds). "
@@ -433,8 +435,8 @@ def main() -> None:
     ])
     print(md)
     if not args.no_write:
-        write_section("proxies", md)
-        write_section("proxies", md, METHOD_CHOICES)
+        write_section(args.section, md)
+        write_section(args.section, md, METHOD_CHOICES)
 
 
 if __name__ == "__main__":
