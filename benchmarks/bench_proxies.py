@@ -85,6 +85,11 @@ CANDIDATES = [
     Candidate("minilm block 4 mean", (_f("minilm", 4),)),
     Candidate("minilm block 5 mean", (_f("minilm", 5),)),
     Candidate("minilm blocks 4+final mean", (_f("minilm", 4), _f("minilm"))),
+    Candidate("minilm block 3 mean, MLP 128", (_f("minilm", 3),), head_hidden=128),
+    Candidate("minilm block 3 mean, MLP 128, 5-seed ensemble", (_f("minilm", 3),), head_hidden=128, ensemble=5),
+    Candidate("minilm block 3 mean, 5-seed ensemble", (_f("minilm", 3),), ensemble=5),
+    Candidate("minilm block 3 mean, rho 0", (_f("minilm", 3),), rho=0.0),
+    Candidate("minilm block 4 mean, MLP 128, 5-seed ensemble", (_f("minilm", 4),), head_hidden=128, ensemble=5),
     Candidate("minilm response only (separate)", (_f("minilm-resp"),)),
     Candidate("minilm final mean, wd 1", (_f("minilm"),), weight_decay=1.0),
     Candidate("minilm final mean, 10 epochs", (_f("minilm"),), epochs=10),
@@ -236,6 +241,12 @@ CONFLICT_CONFIGS = {
     "minilm final mean, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5},
     "minilm final mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "ensemble": 5, "head_hidden": 128},
     "minilm final mean, MLP 128": {"backbone": "minilm-l6", "head_hidden": 128},
+    "minilm block 3 mean": {"backbone": "minilm-l6", "layer": 3, "pooling": "mean"},
+    "minilm block 4 mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "layer": 4, "pooling": "mean",
+                                                      "head_hidden": 128, "ensemble": 5},
+    "minilm block 3 mean, MLP 128": {"backbone": "minilm-l6", "layer": 3, "pooling": "mean", "head_hidden": 128},
+    "minilm block 3 mean, MLP 128, 5-seed ensemble": {"backbone": "minilm-l6", "layer": 3, "pooling": "mean",
+                                                      "head_hidden": 128, "ensemble": 5},
     "minilm final mean, MLP 128, 5-seed ensemble, rho 0": {"backbone": "minilm-l6", "ensemble": 5,
                                                            "head_hidden": 128, "rho": 0},
     "smollm2 block 12 mean, MLP 128, 5-seed ensemble": {
@@ -321,12 +332,14 @@ def main() -> None:
                     "(fgpo ingest --format rated-responses)")
     ap.add_argument("--conflict", default=None, help="conflict phase: comma list of " + "; ".join(CONFLICT_CONFIGS))
     ap.add_argument("--backbones", default="minilm,minilm-resp,smollm2", help="comma list of " + ",".join(BACKBONES))
-    ap.add_argument("--only", default=None, help="comma list of substrings: run only matching candidates")
+    ap.add_argument("--only", default=None, help="semicolon list of substrings: run only matching candidates")
     ap.add_argument("--seeds", default="0,1,2", help="split seeds (the held-out split and head init)")
     ap.add_argument("--holdout-fraction", type=float, default=0.25, help="fraction of prompts held out")
     ap.add_argument("--prompt-fraction", type=float, default=1.0,
                     help="bench on this fraction of the prompts (by prompt hash; 1 = all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--section", default="proxies", help="BENCHMARKS.md / method-choices.md section name")
+    ap.add_argument("--title", default="Proxy reward-model candidates (HelpSteer2, prompt-disjoint held-out split)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
 
@@ -344,7 +357,9 @@ def main() -> None:
     if args.phase == "conflict":
         res_file = work / "conflict.json"
         res = json.loads(res_file.read_text()) if res_file.exists() else {}
-        res.update(conflict_auc(Path(args.rated), work, args.conflict.split(";")))
+        names = [n for n in (args.conflict or "").split(";") if n]  # none: re-render the table
+        if names:
+            res.update(conflict_auc(Path(args.rated), work, names))
         res_file.write_text(json.dumps(res, indent=2))
         rows = [[k, round(v["auc"], 3), round(v["spearman"], 3), f"{v['n_conflicting']}/{v['n']}",
                  round(v["heldout_accuracy"], 3), v["seconds_total"]] for k, v in res.items()]
@@ -371,7 +386,7 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
     splits = {s: split(Path(args.data), s, args.holdout_fraction, args.prompt_fraction) for s in seeds}
-    wanted = [c for c in CANDIDATES if not args.only or any(o in c.name for o in args.only.split(","))]
+    wanted = [c for c in CANDIDATES if not args.only or any(o in c.name for o in args.only.split(";"))]
     for cand in wanted:
         if any(f[0] not in args.backbones.split(",") for f in cand.features):
             continue
@@ -404,8 +419,8 @@ def main() -> None:
                    f"{v['seconds_per_text'] * 1000:.0f} ms/text, {v['n_recipes']} recipes in one pass"
                    for k, v in timings.items()]
     md = "\n".join([
-        "## Proxy reward-model candidates (HelpSteer2, prompt-disjoint held-out split)", "",
-        f"`.venv/bin/python benchmarks/bench_proxies.py --data DIR --seeds {args.seeds} "
+        f"## {args.title}", "",
+        f"`.venv/bin/python benchmarks/bench_proxies.py --data DIR --backbones {args.backbones} --seeds {args.seeds} "
         f"--holdout-fraction {args.holdout_fraction} --prompt-fraction {args.prompt_fraction}` "
         "(DIR: `fgpo ingest --format helpsteer2-aspects`)  ",
         f"Machine: {machine()} (shared with other jobs; expect +-50% noise in seconds). "
@@ -420,8 +435,8 @@ def main() -> None:
     ])
     print(md)
     if not args.no_write:
-        write_section("proxies", md)
-        write_section("proxies", md, METHOD_CHOICES)
+        write_section(args.section, md)
+        write_section(args.section, md, METHOD_CHOICES)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ def test_decoder_block_features_learn_a_toy_preference(toy, created_at, pooling)
     """A tiny decoder's block-1 features with a linear head rank the toy world's detail aspect
     (truth: the number of detail sentences; chance 0.5); the saved model scores like the trained one."""
     cfg = RewardModelConfig(backbone="tiny-llama", layer=1, pooling=pooling, max_length=192,
+                            head_hidden=0, ensemble=1,
                             max_prompt_length=32, cache_dir=str(toy / "emb"), compare_undebiased=False)
     m = run_reward_model(toy / "data", "detail", toy / f"rm-{pooling}", cfg, created_at)
     assert m["heldout_accuracy"] >= 0.75
@@ -126,7 +127,7 @@ def test_ensemble_reward_is_the_mean_of_its_members(toy, created_at):
 
     from fgpo_tasks.reward_models import _make_head
 
-    cfg = RewardModelConfig(backbone="tiny-bert", max_length=128, ensemble=3, epochs=5,
+    cfg = RewardModelConfig(backbone="tiny-bert", max_length=128, ensemble=3, head_hidden=0, epochs=5,
                             cache_dir=str(toy / "emb-bert"), compare_undebiased=False)
     m = run_reward_model(toy / "data", "detail", toy / "rm-ens", cfg, created_at)
     d = toy / "rm-ens" / "detail"
@@ -148,6 +149,7 @@ def test_ensemble_reward_is_the_mean_of_its_members(toy, created_at):
     # the first member alone is the ensemble=1 model of the same seed
     single = run_reward_model(toy / "data", "detail", toy / "rm-one",
                               RewardModelConfig(backbone="tiny-bert", max_length=128, epochs=5,
+                                                ensemble=1, head_hidden=0,
                                                 cache_dir=str(toy / "emb-bert"), compare_undebiased=False),
                               created_at)
     one = load_file(str(toy / "rm-one" / "detail" / "head.safetensors"))
@@ -169,7 +171,7 @@ def test_dtype_setting(tmp_path):
         RewardModelConfig(dtype="int8")
     with pytest.raises(ConfigError, match="ensemble must be >= 1"):
         RewardModelConfig(ensemble=0)
-    with pytest.raises(ConfigError, match="layer must be >= 1"):
+    with pytest.raises(ConfigError, match="layer must be an integer >= 1"):
         RewardModelConfig(layer=0)
     fp32 = get_embedder("tiny-llama", 64, 24, "mean", 8, "cpu")
     bf16 = get_embedder("tiny-llama", 64, 24, "mean", 8, "cpu", dtype="bf16")
@@ -190,3 +192,19 @@ def test_finetune_loads_the_backbone_in_the_configured_dtype(toy, created_at):
     assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16"
     v = load_scorer(toy / "rm-ft16" / "politeness", progress=False)(PROMPTS, RESPONSES)
     assert v.shape == (3,) and np.isfinite(v).all()
+
+
+def test_cli_default_is_the_documented_cpu_default():
+    """`fgpo reward-models` without --config trains what configs/reward_models/frozen-minilm.yaml
+    says: MiniLM block 4, 128-unit MLP heads, 5-seed ensembles; `layer: auto` leaves other
+    backbones and fine-tuning on the final hidden state."""
+    from pathlib import Path
+
+    from fgpo_tasks.config import load_config, to_dict
+
+    default = load_config(RewardModelConfig, None)
+    assert (default.backbone, default.layer, default.head_hidden, default.ensemble) == ("minilm-l6", 4, 128, 5)
+    yaml_file = Path(__file__).resolve().parent.parent / "configs" / "reward_models" / "frozen-minilm.yaml"
+    assert to_dict(load_config(RewardModelConfig, yaml_file)) == to_dict(default)
+    assert RewardModelConfig(backbone="tiny-bert").layer is None
+    assert RewardModelConfig(mode="finetune").layer is None

@@ -32,6 +32,12 @@ ENCODER_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "elec
 
 
 
+# layer: auto -> the transformer block measured best on the prompt-disjoint HelpSteer2 split
+# (docs/method-choices.md, "Proxy reward-model candidates"); other backbones: the final state
+LAYER_DEFAULTS = {"minilm-l6": 4}
+
+
+
 def _parse_tau(value):
     if value is False:  # YAML reads a bare `off` as false
         return None
@@ -78,12 +84,14 @@ class RewardModelConfig:
         "help": "the prompt keeps at most its LAST this many tokens, so the response gets the rest"})
     pooling: Literal["auto", "mean", "cls", "last"] = field(default="auto", metadata={
         "help": "frozen embedding pooling; auto: mean for encoders, last token for decoders"})
-    layer: int | None = field(default=None, metadata={
+    layer: int | str | None = field(default="auto", metadata={
         "help": "frozen features from transformer block `layer` (1-based; the backbone runs only up "
-                "to it); null = the final hidden state (after a decoder's final norm)"})
-    head_hidden: int = field(default=0, metadata={
-        "help": "frozen head: 0 = linear on standardised embeddings, >0 = one hidden layer"})
-    ensemble: int = field(default=1, metadata={
+                "to it); null = the final hidden state (after a decoder's final norm); auto = the "
+                "block measured best for the backbone (minilm-l6: 4), else null"})
+    head_hidden: int = field(default=128, metadata={
+        "help": "frozen head: 0 = linear on standardised embeddings, >0 = one hidden layer of this "
+                "many GELU units"})
+    ensemble: int = field(default=5, metadata={
         "help": "frozen: heads per aspect, trained with seeds seed .. seed+ensemble-1 on the same "
                 "pairs; the reward is their mean"})
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
@@ -109,6 +117,8 @@ class RewardModelConfig:
 
     def __post_init__(self):
         self.tau = _parse_tau(self.tau)
+        if self.layer == "auto":
+            self.layer = LAYER_DEFAULTS.get(self.backbone) if self.mode == "frozen" else None
         if self.lr is None:
             self.lr = 1e-3 if self.mode == "frozen" else 2e-5
         if self.epochs is None:
@@ -128,7 +138,9 @@ class RewardModelConfig:
         check(0 <= self.max_prompt_length < self.max_length,
               f"max_prompt_length must be in [0, max_length={self.max_length}), "
               f"got {self.max_prompt_length}")
-        check(self.layer is None or self.layer >= 1, f"layer must be >= 1 or null, got {self.layer}")
+        check(self.layer is None or (isinstance(self.layer, int) and not isinstance(self.layer, bool)
+                                     and self.layer >= 1),
+              f"layer must be an integer >= 1, 'auto' or null, got {self.layer!r}")
         check(self.ensemble >= 1, f"ensemble must be >= 1, got {self.ensemble}")
         check(self.dtype in ("auto", "fp32", "bf16", "fp16"),
               f"dtype must be one of auto, fp32, bf16, fp16, got {self.dtype!r}")
