@@ -31,13 +31,17 @@ def disagreeing(margins: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(out, key=lambda t: (t[1], t[0]))
 
 
-def conflict_review(df: pd.DataFrame, scores: pd.DataFrame, aspects: list[str], n: int) -> pd.DataFrame:
+def conflict_review(df: pd.DataFrame, scores: pd.DataFrame, aspects: list[str], n: int,
+                    texts=None) -> pd.DataFrame:
     """The ``n`` pairs with the most positive PD (pairs without PD left out; ties by pair_id).
-    ``df`` (the pairs: prompt, chosen, rejected) and ``scores`` (the scores table) are aligned."""
+    ``df`` (the pairs: prompt, chosen, rejected) and ``scores`` (the scores table) are aligned;
+    ``texts(positions) -> DataFrame`` (prompt, chosen, rejected of those rows, in that order) reads
+    the texts of just the reviewed pairs where ``df`` does not hold them (a large pool)."""
     pd_values = scores["pd"].to_numpy(dtype=float)
     has = np.flatnonzero(np.isfinite(pd_values))
     # most positive PD first, ties by pair_id
     order = has[np.lexsort((scores["pair_id"].to_numpy()[has].astype(str), -pd_values[has]))][:n]
+    t = (texts(order) if texts is not None else df.iloc[order])[["prompt", "chosen", "rejected"]]
     rows = []
     for rank, i in enumerate(order, start=1):
         margins = {a: scores[f"margin_{a}"].iat[i] for a in aspects if f"margin_{a}" in scores}
@@ -50,7 +54,8 @@ def conflict_review(df: pd.DataFrame, scores: pd.DataFrame, aspects: list[str], 
             "n_disagree": len(against),
             "disagreeing": ";".join(f"{a}:{v:.3f}" for a, v in against),
             **{f"margin_{a}": float(v) if v is not None else np.nan for a, v in margins.items()},
-            "prompt": df["prompt"].iat[i], "chosen": df["chosen"].iat[i], "rejected": df["rejected"].iat[i],
+            "prompt": t["prompt"].iat[rank - 1], "chosen": t["chosen"].iat[rank - 1],
+            "rejected": t["rejected"].iat[rank - 1],
         })
     columns = (["rank", "pair_id", "aspect", "pd", "pd_ratings", "n_other", "n_disagree", "disagreeing"]
                + [f"margin_{a}" for a in aspects if f"margin_{a}" in scores] + ["prompt", "chosen", "rejected"])
@@ -109,11 +114,11 @@ def render_html(review: pd.DataFrame, aspects: list[str], title: str, snippet: i
 
 
 def write_conflict_review(df: pd.DataFrame, scores: pd.DataFrame, aspects: list[str], out_dir: str | Path,
-                          n: int, title: str = "Conflict review") -> dict:
+                          n: int, title: str = "Conflict review", texts=None) -> dict:
     """Write ``conflicts.csv`` and ``conflicts.html`` into ``out_dir``; return a short summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    review = conflict_review(df, scores, aspects, n)
+    review = conflict_review(df, scores, aspects, n, texts)
     review.to_csv(out / CSV_FILE, index=False)
     (out / HTML_FILE).write_text(render_html(review, aspects, title), encoding="utf-8")
     return {"n_pairs": int(len(review)),

@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -376,6 +377,27 @@ def read_pair_table(directory: str | Path, columns: list[str] | None = None) -> 
     if not path.is_file():
         raise FgpoError(f"{directory}: not an fgpo data directory (no {PAIRS_FILE})")
     return pq.read_table(path, columns=columns)
+
+
+def take_rows(directory: str | Path, positions, columns, batch_rows: int = 65536) -> pd.DataFrame:
+    """Rows at ``positions`` (file order, in the order given) of a directory's pair table, only
+    ``columns``, streamed batch by batch: memory holds those rows, never the whole pool's texts."""
+    path = Path(directory) / PAIRS_FILE
+    if not path.is_file():
+        raise FgpoError(f"{directory}: not an fgpo data directory (no {PAIRS_FILE})")
+    want = np.asarray(positions, dtype=np.int64)
+    order = np.argsort(want, kind="stable")
+    parts, at = [], 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)):
+        lo, hi = np.searchsorted(want[order], [at, at + batch.num_rows])
+        if hi > lo:
+            parts.append(batch.take(pa.array(want[order][lo:hi] - at)))
+        at += batch.num_rows
+    got = pa.Table.from_batches(parts, schema=parts[0].schema) if parts else None
+    out = pd.DataFrame({c: (got.column(c).to_pylist() if got is not None else []) for c in columns})
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return out.iloc[back].reset_index(drop=True)
 
 
 def read_pairs(directory: str | Path) -> pd.DataFrame:

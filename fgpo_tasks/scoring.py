@@ -495,7 +495,9 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
                                     name="conflict_matrix_ratings")
         review = conflicts.write_conflict_review(df, table, aspects, tmp / "reports", config.conflict_review_pairs,
                                                  title=f"Conflict review: the {config.conflict_review_pairs} "
-                                                       f"pairs with the most positive PD ({source})")
+                                                       f"pairs with the most positive PD ({source})",
+                                                 texts=None if "prompt" in df else
+                                                 (lambda rows: contract.take_rows(data_dir, rows, TEXT_COLUMNS)))
         jsonio.write_json(tmp / confidence.REPORT_FILE, trust)
         contract.write_manifest(tmp, {
             "kind": "fgpo.scores", "stage": "score", "created_at": created_at,
@@ -524,6 +526,7 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
 # Sharded scoring: one task per (shard, reward model), then a cheap reduce (the fgpo_retrain DAG)
 
 SHARD_COLUMNS = ("pair_id", "aspect", "prompt", "chosen", "rejected")
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def shard_bounds(n_pairs: int, shard_size: int | None) -> list[tuple[int, int]]:

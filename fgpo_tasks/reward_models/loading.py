@@ -79,6 +79,8 @@ def head_values(head, e: np.ndarray) -> np.ndarray:
     """r(e) of a frozen head (``_make_head``) in float64, each row on its own: the same value for
     a text whatever batch, chunk or shard it is scored in (a batched torch matmul picks kernels by
     batch size, which moves the last bits). Naive equivalent: ``head(torch.as_tensor(e))``."""
+    if hasattr(head, "members"):  # an ensemble: the mean of its members' rewards
+        return np.mean([head_values(m, e) for m in head.members], axis=0)
     state = {k: v.detach().double().cpu().numpy() for k, v in head.state_dict().items()}
     x = (np.asarray(e, dtype=np.float64) - state["mean"]) / state["std"]
     if "net.weight" in state:  # linear
@@ -120,7 +122,6 @@ def load_scorer(model_dir: str | Path, cache_dir: str | Path | None = None, prog
     Frozen models embed through the shared embedding cache (``cache_dir``, default the one in the
     model's config), so K aspect scorers on the same texts run the backbone once.
     """
-    import torch
 
     rec = load_record(model_dir)
     cfg = rec["config"]
