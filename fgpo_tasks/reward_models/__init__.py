@@ -12,7 +12,9 @@ length-debiased two ways:
 Two modes:
 
 - ``frozen``: a frozen backbone embeds every (prompt, response) once (mean pooling for encoders,
-  last token for decoders) and a small head per aspect is trained on the embeddings. Embeddings
+  last token for decoders; ``layer`` picks a transformer block, ``auto`` the one measured best)
+  and a small head per aspect (linear or MLP, ``ensemble`` seeds averaged) is trained on the
+  embeddings. The CPU default: MiniLM block 4, a 5-seed ensemble of 128-unit MLP heads. Embeddings
   live in an on-disk cache keyed by the backbone's file contents (weights, config, tokenizer),
   the recipe and the torch / transformers versions, then by text hash; readers take no lock and
   read only the shards holding their texts, writers of missing texts serialise on a file lock,
