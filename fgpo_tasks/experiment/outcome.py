@@ -282,7 +282,7 @@ def reference_logps(spec: str, pairs, max_length: int, max_prompt_length: int, b
 
     cache = Path(cache_dir) if cache_dir else refcache.default_dir()
     tokens = data.tokenize_pairs(pairs, models.load_tokenizer(spec), max_length, max_prompt_length)
-    path = cache / f"{refcache.cache_key(refcache.model_fingerprint(spec, cache), tokens, 'fp32')}.npz"
+    path = cache / f"{refcache.cache_key(refcache.model_fingerprint(spec, cache), tokens, 'fp32')}.arrow"
     got = refcache.load(path, tokens)
     if got is None:
         got = sequence_logps(spec, spec, pairs, max_length, max_prompt_length, batch_size, logps_chunk)
