@@ -59,7 +59,9 @@ if [[ -f $PIDS ]]; then
 fi
 
 export PATH=$REPO/.venv/bin:$PATH
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}  # this checkout's fgpo_tasks, in every Airflow process
+# This checkout's fgpo_tasks and fgpo_airflow, in every Airflow process (the metadata database's
+# connect arguments are imported before Airflow puts plugins/ on sys.path).
+export PYTHONPATH=$REPO:$REPO/plugins${PYTHONPATH:+:$PYTHONPATH}
 export AIRFLOW__CORE__DAGS_FOLDER=$REPO/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER=$REPO/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -67,6 +69,9 @@ export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 export AIRFLOW__CORE__PARALLELISM=${FGPO_PARALLELISM:-3}
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$AIRFLOW_HOME/airflow.db
+# Every Airflow process shares that one file: wait up to 60 s for its lock (see fgpo_airflow/settings.py).
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=fgpo_airflow.settings.SQLITE_CONNECT_ARGS
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=fgpo_airflow.settings.SQLITE_CONNECT_ARGS
 export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT=$AIRFLOW_PORT
 export AIRFLOW__API__BASE_URL=http://127.0.0.1:$AIRFLOW_PORT

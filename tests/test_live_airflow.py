@@ -119,7 +119,7 @@ class Live:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=90) as r:  # > the 60 s SQLite lock wait
                 return json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return {"_status": e.code, "_body": e.read().decode(errors="replace")[:2000]}
@@ -155,10 +155,28 @@ class Live:
 
     # -- waiting -----------------------------------------------------------------------------------
 
+    def wait_dag(self, dag_id: str, timeout: float = 120) -> dict:
+        """Until the DAG processor has parsed ``dag_id`` (a user sees it in the DAG list first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.get(f"/api/v2/dags/{dag_id}")
+            if got.get("dag_id") == dag_id:
+                return got
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} not parsed after {timeout}s: {got}\n{self.api_server_log()}")
+
     def trigger(self, dag_id: str) -> str:
+        self.wait_dag(dag_id)
         got = self.post(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
-        assert "dag_run_id" in got, got
+        assert "dag_run_id" in got, f"{got}\n{self.api_server_log()}"
         return got["dag_run_id"]
+
+    def api_server_log(self, n: int = 60) -> str:
+        """The last ERROR/Traceback lines of the standalone log: what a 500 hides."""
+        log = self.home / "standalone.log"
+        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        hits = [i for i, line in enumerate(lines) if "ERROR" in line or "Traceback" in line]
+        return "\n".join(lines[hits[-1] - 5:][:n]) if hits else "(no ERROR in standalone.log)"
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout

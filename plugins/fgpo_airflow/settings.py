@@ -38,6 +38,12 @@ LANDING_DIR_VAR = "fgpo_landing_dir"
 LANDING_FORMAT_VAR = "fgpo_landing_format"
 RETRAIN_PROFILE_VAR = "fgpo_retrain_profile"
 DEFAULT_RETRAIN_PROFILE = "demo"
+# SQLite connect arguments of the metadata database, named by scripts/airflow.sh in
+# AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS(_ASYNC). `airflow standalone` runs the API server,
+# scheduler, DAG processor, triggerer and task processes on one SQLite file; a writer waits for
+# the lock up to `timeout` seconds (sqlite3's default is 5) before the API answers 500
+# "Database error", which a loaded 2-core machine reached at the first trigger.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
 # Trigger keys a run accepts besides the DAG's params (deployment settings a conf may pin).
 DEPLOYMENT_KEYS = ("tracking_uri", "storage_root")
 DEFAULT_LANDING_FORMAT = "rated-responses"
