@@ -94,6 +94,19 @@ def test_arms_share_one_scoring_of_the_pool(ran):
         assert results["baseline"]["path"].endswith("policy")
 
 
+def test_every_arm_records_the_selection_verdict_of_its_scores(ran):
+    from fgpo_tasks import confidence
+
+    pool = json.loads((ran["tmp"] / "exp" / "pools" / "c20" / "seed0" / "step.json").read_text())
+    report = json.loads((Path(pool["scores"]) / confidence.REPORT_FILE).read_text())
+    assert pool["selection_confidence"] == report["verdict"] in ("ok", "weak", "none")
+    pd_arm = _arm(ran, "pd")
+    assert pd_arm["selection_confidence"] == report["verdict"] and pd_arm["confidence_action"]
+    assert pd_arm["strategy_run"] in ("pd", "pd_ratings")  # pd_ratings only on a fallback
+    md = (ran["tmp"] / "exp" / "results.md").read_text()
+    assert f"selection confidence {report['verdict']} (seed 0)" in md
+
+
 def test_every_arm_is_evaluated_on_the_same_held_out_prompts(ran):
     ev = json.loads((ran["tmp"] / "exp" / "evaluation" / "step.json").read_text())
     prompts = {json.loads(line)["prompt"] for line in open(ev["prompts"])}

@@ -170,6 +170,7 @@ def prepare_pool(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, cre
         result["ratings_pd"] = metrics.get("n_with_ratings_pd", 0) > 0
         result["n_ratings_pd"] = int(metrics.get("n_with_ratings_pd", 0))
         result["spearman_pd_vs_ratings"] = metrics.get("spearman_pd_vs_ratings")
+        result["selection_confidence"] = metrics.get("selection_confidence")  # ok | weak | none
         result["score_seconds"] = round(run.seconds, 2)
         keys["score"] = run.key
     except FgpoError as e:
@@ -382,6 +383,11 @@ def run_arm(cfg: ExperimentConfig, key: str, pool_name: str, seed: int, arm_name
 
     tracker = _tracker(cfg, key, pool_name, seed, arm)
     try:
+        # the select step's verdict on its scores and what it did about it (strategy run as asked,
+        # or a fallback): None for strategies that read no scores
+        result.update(selection_confidence=sel.result.get("selection_confidence"),
+                      confidence_action=sel.result.get("confidence_action"),
+                      strategy_run=sel.result.get("strategy") or arm.strategy)
         result.update(n_selected=sel.result["n_selected"], selected=sel.result["data"],
                       **_true_conflict(sel.result["data"], scores_dir))
 

@@ -83,6 +83,16 @@ def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
 
 
+def _verdicts(by_seed: dict | None) -> str:
+    """The scores' selection_confidence verdict per seed ('none (seed 0), weak (seed 1)')."""
+    if not by_seed:
+        return "n/a"
+    got: dict[str, list] = {}
+    for seed, v in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
+        got.setdefault(str(v or "n/a"), []).append(str(seed))
+    return ", ".join(f"{v} (seed{'s' if len(s) > 1 else ''} {', '.join(s)})" for v, s in got.items())
+
+
 def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
     """One row per (pool, arm): mean and sample sd over seeds of every figure."""
     rows = []
@@ -113,6 +123,8 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
                 for name in ("reward_delta", "win_rate", "lc_win_rate"):
                     fig[f"{aspect}.{name}"] = [r["evaluation"]["aspects"][aspect][name] for r in done]
             row.update({k: _mean_sd(v) for k, v in fig.items()})
+            actions = sorted({str(r["confidence_action"]) for r in done if r.get("confidence_action")})
+            row["confidence_action"] = ", ".join(actions) or None
             row["aspects"] = list(done[0]["evaluation"]["aspects"])
             if cfg.implicit_reward_config is not None:
                 ci = pooled_implicit_ci(cfg, done)
@@ -218,7 +230,8 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
         if facts:
             acc = ", ".join(f"{a} {_fmt(v, 2)}" for a, v in facts["proxy_accuracy"].items())
             lines += [f"Pool {pool.name}: {facts['n_pairs']} pairs; proxy held-out accuracy {acc or 'n/a'}; "
-                      f"Spearman(PD, PD from ratings) {_fmt(facts['spearman'], 2)}.", ""]
+                      f"Spearman(PD, PD from ratings) {_fmt(facts['spearman'], 2)}; selection confidence "
+                      f"{_verdicts(facts.get('verdicts'))}.", ""]
         implicit = cfg.implicit_reward_config is not None
         headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate"]
                    + (["implicit acc", "implicit acc CI", "implicit acc − random [CI]"] if implicit else [])
@@ -238,6 +251,10 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
             cells += [_fmt(r[f"{a}.reward_delta"]) for a in aspects]
             cells += [_fmt(r["selection_s"], 1), _fmt(r["training_s"], 1), _fmt(r["cost_vs_all"], 2)]
             lines.append("| " + " | ".join(cells) + " |")
+        acted = [f"{r['arm']} {r['confidence_action']}" for r in prow
+                 if r.get("confidence_action") not in (None, "none")]
+        if acted:  # on_weak_proxies: warn | fallback_ratings | fail (fgpo_tasks.confidence.decide)
+            lines += ["", f"What select did on the verdict: {'; '.join(acted)}."]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -335,7 +352,8 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
             meta["pools"][spec.name] = {
                 "n_pairs": mine[0]["n_pairs"],
                 "proxy_accuracy": {a: _mean_sd([d["proxy_accuracy"].get(a) for d in mine]) for a in aspects},
-                "spearman": _mean_sd([d.get("spearman_pd_vs_ratings") for d in mine])}
+                "spearman": _mean_sd([d.get("spearman_pd_vs_ratings") for d in mine]),
+                "verdicts": {d["seed"]: d.get("selection_confidence") for d in mine}}
     text = markdown(cfg, rows, meta)
     (root / "results.md").write_text(text)
     (root / "results.json").write_text(jsonio.dumps({"name": cfg.name, "key": key, "created_at": created_at,
