@@ -68,7 +68,7 @@ def write_split(data_dir: str | Path, out_dir: str | Path, config: HoldoutConfig
     from fgpo_tasks import contract
 
     df = contract.read_pairs(data_dir)
-    inputs = [{"path": str(data_dir), "fingerprint": contract.content_fingerprint(df)}]
+    inputs = [{"path": str(data_dir), "fingerprint": contract.data_fingerprint(data_dir, df)}]
     parts = dict(zip(PARTS, split_for_evaluation(df, config.fraction, config.prompt_fraction, config.seed)))
     out: dict[str, str | int] = {}
     for name, part in parts.items():

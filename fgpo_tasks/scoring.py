@@ -334,11 +334,12 @@ def _head_margins(scorers: dict, js: list[int], rows: pd.DataFrame, root, progre
 
 
 def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config: ScoreConfig,
-                  chunk: int = PAIR_CHUNK) -> tuple[np.ndarray, dict[str, dict]]:
+                  chunk: int = PAIR_CHUNK, texts: Callable | None = None) -> tuple[np.ndarray, dict[str, dict]]:
     """(N, K) raw margins (NaN outside the mask) and per-model counts of new / cached pairs.
 
     Pairs go through the models ``chunk`` at a time (texts, embeddings and margins of one chunk
-    in memory), and each chunk's new margins are written to the score cache as they come."""
+    in memory), and each chunk's new margins are written to the score cache as they come.
+    ``texts(positions)`` gives those rows' prompt/chosen/rejected (default: ``df`` holds them)."""
     from fgpo_tasks import reward_models as rm
 
     raw = np.full(mask.shape, np.nan)
@@ -378,7 +379,7 @@ def model_margins(df: pd.DataFrame, models: list[dict], mask: np.ndarray, config
             need[rows, j] = True
         for start in range(0, len(union), chunk):
             part = union[start:start + chunk]
-            sub = df.iloc[part]
+            sub = texts(part) if texts is not None else df.iloc[part]
             if key.startswith("model-"):
                 vals = {items[0][0]: _pair_margins(scorers[items[0][0]], sub)}
             else:
@@ -433,15 +434,16 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         raise ConfigError("score needs reward models (--reward-models DIR) or --from-ratings")
     if (reward_models_dir is not None or model_dirs) and config.from_ratings:
         raise ConfigError("give either --reward-models or --from-ratings, not both")
-    if config.from_ratings:  # Arrow all the way: no Python object per pair
-        pool = contract.read_pair_table(data_dir, columns=RATING_COLUMNS)
-        df = pool.select(["pair_id", "aspect"]).to_pandas()
-    else:
-        df = pool = contract.read_pairs(data_dir)
+    # Arrow all the way: no Python object per pair. The texts stay Arrow for an in-process model
+    # pass (one chunk at a time becomes Python strings); the reduce of sharded scoring and PD from
+    # ratings drop them (the conflict review reads its few pairs' texts back from the file).
+    pool = contract.read_pair_table(data_dir, columns=RATING_COLUMNS)
+    df = pool.select(["pair_id", "aspect"]).to_pandas()
     if len(df) == 0:
         raise InputError("no pairs to score", file=str(data_dir))
     r_aspects, pd_r, r_scaled, r_q, r_raw, r_mask = ratings_pd(pool, config.gamma, config.lower_is_better,
                                                                 config.pool_ratings)
+    text_table = pool.select(list(TEXT_COLUMNS)) if not config.from_ratings and margins is None else None
     del pool
     has_rating_pd = bool(np.isfinite(pd_r).any())
     stats, model_info = {}, {}
@@ -459,7 +461,9 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
             log.warning("no reward model for aspects %s: PD of other pairs omits them", missing)
         mask = cross_mask(df["aspect"].to_numpy(), aspects, df["pair_id"].to_numpy(),
                           [m["training_ids"] for m in models])
-        raw, stats = (margins or (lambda d, ms, mk: model_margins(d, ms, mk, config)))(df, models, mask)
+        raw, stats = (margins or (lambda d, ms, mk: model_margins(
+            d, ms, mk, config, texts=lambda rows: text_table.take(pa.array(rows)).to_pandas())))(df, models, mask)
+        text_table = None
         pd_values, scaled, q = compute_pd(raw, mask, config.gamma)
         source = "reward_models"
         model_info = {m["aspect"]: {"fingerprint": m["fingerprint"], "dir": m["dir"],
@@ -496,8 +500,7 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         review = conflicts.write_conflict_review(df, table, aspects, tmp / "reports", config.conflict_review_pairs,
                                                  title=f"Conflict review: the {config.conflict_review_pairs} "
                                                        f"pairs with the most positive PD ({source})",
-                                                 texts=None if "prompt" in df else
-                                                 (lambda rows: contract.take_rows(data_dir, rows, TEXT_COLUMNS)))
+                                                 texts=lambda rows: contract.take_rows(data_dir, rows, TEXT_COLUMNS))
         jsonio.write_json(tmp / confidence.REPORT_FILE, trust)
         contract.write_manifest(tmp, {
             "kind": "fgpo.scores", "stage": "score", "created_at": created_at,

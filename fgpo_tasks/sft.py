@@ -199,13 +199,13 @@ def run_sft(out_dir: str | Path, config: SFTConfig, created_at: str, data_dir: s
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from fgpo_tasks.contract import content_fingerprint
+    from fgpo_tasks.contract import content_fingerprint, data_fingerprint
     from fgpo_tasks.dpo.data import tokenize_pairs
 
     df, data_record = _pairs(config, data_dir)
     if len(df) == 0:
         raise InputError("no pairs to fine-tune on", file=str(data_dir) if data_dir else None)
-    data_fingerprint = content_fingerprint(df)
+    data_fp = data_fingerprint(data_dir, df) if data_dir else content_fingerprint(df)
     accelerator = Accelerator()
     set_seed(config.seed)
     lm, tokenizer = _load_model(config, df)
@@ -253,7 +253,7 @@ def run_sft(out_dir: str | Path, config: SFTConfig, created_at: str, data_dir: s
                "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],
                "train_seconds": round(seconds, 2)}
     card = {"kind": "fgpo.model", "stage": "sft", "created_at": created_at, "code_version": code_version(),
-            "config": to_dict(config), **data_record, "data_fingerprint": data_fingerprint,
+            "config": to_dict(config), **data_record, "data_fingerprint": data_fp,
             "tokens_fingerprint": tokens.fingerprint(), "metrics": metrics}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

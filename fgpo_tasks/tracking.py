@@ -358,7 +358,7 @@ class Tracker(MlflowCalls):
         pair_dir = Path(pair_dir)
         df = contract.read_pairs(pair_dir)
         manifest = contract.read_manifest(pair_dir)
-        fingerprint = manifest.get("fingerprint") or contract.content_fingerprint(df)
+        fingerprint = contract.data_fingerprint(pair_dir, df)
         flat = df.copy()
         for col in ("prompt_messages", "ratings_chosen", "ratings_rejected"):
             # mlflow.data infers a schema per column: nested values go in as JSON text

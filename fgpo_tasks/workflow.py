@@ -81,7 +81,7 @@ def cap(store: Store, pool: str, max_pairs: int | None, proxy_max_pairs: int | N
 
     def compute(out: Path) -> dict:
         df = contract.read_pairs(pool)
-        inputs = [{"path": pool, "fingerprint": contract.content_fingerprint(df)}]
+        inputs = [{"path": pool, "fingerprint": contract.data_fingerprint(pool, df)}]
         result: dict[str, Any] = {}
         if proxy_max_pairs is not None:
             proxy = cap_pairs(df, proxy_max_pairs, seed)

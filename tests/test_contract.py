@@ -93,3 +93,18 @@ def test_fingerprint_is_the_same_for_an_arrow_table_in_any_layout(tmp_path, crea
     assert contract.content_fingerprint(chunked) == contract.content_fingerprint(table.take([5, 3, 1, 0, 2, 4]))
     assert contract.content_fingerprint(table) == manifest["fingerprint"] == contract.data_fingerprint(tmp_path / "d")
     assert contract.content_fingerprint(table.slice(1)) != manifest["fingerprint"]
+
+
+def test_stages_take_an_input_fingerprint_from_its_manifest_and_hash_only_what_they_write(tmp_path, created_at,
+                                                                                        monkeypatch):
+    from fgpo_tasks import holdout
+
+    rows = [{**r, "source_line": i, "prompt": f"{r['prompt']} #{i}"} for i, r in enumerate(_rows() * 4)]
+    manifest = contract.write_pairs(rows, tmp_path / "d", stage="test", config={}, created_at=created_at)
+    hashed, real = [], contract.content_fingerprint
+    monkeypatch.setattr(contract, "content_fingerprint", lambda t: hashed.append(len(t)) or real(t))
+    out = holdout.write_split(tmp_path / "d", tmp_path / "split", holdout.HoldoutConfig(fraction=0.5), created_at)
+    # three parts written and hashed once each; the input's whole table is never hashed again
+    assert sorted(hashed) == sorted(out[f"n_{p}"] for p in holdout.PARTS) and len(rows) not in hashed
+    for part in holdout.PARTS:
+        assert contract.read_manifest(out[part])["inputs"][0]["fingerprint"] == manifest["fingerprint"]

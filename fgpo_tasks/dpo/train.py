@@ -36,7 +36,7 @@ import numpy as np
 from fgpo_tasks import jsonio
 from fgpo_tasks import models
 from fgpo_tasks.config import to_dict
-from fgpo_tasks.contract import content_fingerprint, read_pairs
+from fgpo_tasks.contract import data_fingerprint, read_pair_table
 from fgpo_tasks.dpo import data, refcache, tokenstore
 from fgpo_tasks.dpo.config import DPOConfig
 from fgpo_tasks.dpo.losses import SequenceLogps, preference_loss, sft_loss
@@ -67,7 +67,7 @@ def check_model_spec(field: str, spec: str) -> None:
 RAW_MARGIN_PREFIX = "raw_margin_"
 
 
-def dfpo_pd(scores, mode: str) -> "pd.Series":
+def dfpo_pd(scores, mode: str):  # -> pandas Series
     """PD per pair_id for the DFPO loss. ``raw``: - sum over the other aspects of the raw reward
     differences (columns raw_margin_<aspect>, null on the pair's own aspect and where a reward model
     may not score the pair), METHOD.md's PD(z); ``scaled``: the selection PD (column pd)."""
@@ -330,10 +330,11 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
     check_model_spec("model", config.model)
     if config.ref_model:
         check_model_spec("ref_model", config.ref_model)
-    df = read_pairs(data_dir)
+    # pair ids only (the texts reach training through the token store): bounded memory on large pools
+    df = read_pair_table(data_dir, columns=["pair_id"]).to_pandas()
     if len(df) == 0:
         raise InputError("no pairs to train on", file=str(data_dir))
-    data_fingerprint = content_fingerprint(df)
+    data_fp = data_fingerprint(data_dir)  # the manifest's (computed once, when the pool was written)
     pd_values, num_aspects = None, None
     if config.loss_type == "dfpo":
         pd_values, scores_k = load_pd(config.scores_dir, df, config.dfpo_pd)
@@ -412,7 +413,7 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
         refcache.save(cache_file, tokens, *ref)
     accelerator.wait_for_everyone()
 
-    identity = {"config": to_dict(config), "data_fingerprint": data_fingerprint,
+    identity = {"config": to_dict(config), "data_fingerprint": data_fp,
                 "num_processes": accelerator.num_processes}
     ckpt = prepare_run_dir(accelerator, run_dir, identity)
     start_step = 0
@@ -485,7 +486,7 @@ def run_train_dpo(data_dir: str | Path, out_dir: str | Path, config: DPOConfig, 
               **last}  # the last logged metrics, TRL's names
     card = {
         "kind": "fgpo.model", "stage": "train_dpo", "created_at": created_at, "code_version": code_version(),
-        "config": to_dict(config), "data_dir": str(data_dir), "data_fingerprint": data_fingerprint,
+        "config": to_dict(config), "data_dir": str(data_dir), "data_fingerprint": data_fp,
         "tokens_fingerprint": tokens.fingerprint(), "ref_logps_key": ref_key,
         "scores_fingerprint": (sha256_hex(*map(str, pd_values.tolist())) if pd_values is not None else None),
         "num_aspects": num_aspects, "num_processes": accelerator.num_processes, "bf16": bf16,

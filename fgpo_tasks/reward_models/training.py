@@ -344,7 +344,7 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
     train, held = rows.iloc[tr].reset_index(drop=True), rows.iloc[ho].reset_index(drop=True)
     lw, ll = word_length(rows["chosen"]), word_length(rows["rejected"])
     dlen_all = (lw - ll) / config.length_unit_words
-    dlen_tr, dlen_ho = dlen_all[tr], dlen_all[ho]
+    dlen_tr = dlen_all[tr]
     longer = (lw >= ll)[tr]
     dwords_ho = (lw - ll)[ho]
     train_fp = contract.content_fingerprint(train)
@@ -405,7 +405,7 @@ def run_reward_model(data_dir: str | Path, aspect: str, out_dir: str | Path,
         "config": to_dict(config),
         "fingerprint": fingerprint,
         "training_data_fingerprint": train_fp,
-        "data_fingerprint": contract.content_fingerprint(df),
+        "data_fingerprint": contract.data_fingerprint(data_dir, df),
         "data_dir": str(data_dir),
         "code_version": code_version(),
         "created_at": created_at,
