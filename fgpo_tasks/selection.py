@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
 FULL_DATA = ("all", "ova", "avg")
-RANKING = ("pd", "pd_ratings", "pd_high", "pd_mid", "random")  # need only the pair ids of the pool
+# need only the pair ids of the pool (raf: and its texts, read chunk by chunk from Arrow)
+RANKING = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf")
 _POS = "_position"  # row of the pool table, carried through the ranking
 
 
@@ -128,13 +129,20 @@ def _rating_vector(df: pd.DataFrame, aspects: list[str], lower_is_better, pool: 
     return np.stack([raw[:, c] if c is not None else np.full(len(df), np.nan) for c in cols], axis=1)
 
 
-def _unified_margins(df: pd.DataFrame, model_dir: str, config: SelectConfig) -> np.ndarray:
+def _unified_margins(pairs: pd.DataFrame | pa.Table, model_dir: str, config: SelectConfig,
+                     chunk: int = 4096) -> np.ndarray:
+    """r(chosen) - r(rejected) under the unified model, ``chunk`` pairs' texts in memory at a time."""
     from fgpo_tasks.reward_models import load_scorer
 
     score = load_scorer(model_dir, cache_dir=config.embedding_cache_dir)
-    p = df["prompt"].tolist()
-    r = score(p + p, df["chosen"].tolist() + df["rejected"].tolist())
-    return r[:len(df)] - r[len(df):]
+    out = np.empty(len(pairs))
+    for lo in range(0, len(pairs), chunk):
+        part = pairs.slice(lo, chunk) if isinstance(pairs, pa.Table) else pairs.iloc[lo:lo + chunk]
+        p, c, r = (list(part["prompt"]), list(part["chosen"]), list(part["rejected"])) \
+            if isinstance(pairs, pd.DataFrame) else (part.column(k).to_pylist() for k in ("prompt", "chosen", "rejected"))
+        v = score(p + p, c + r)
+        out[lo:lo + len(p)] = v[:len(p)] - v[len(p):]
+    return out
 
 
 def _unified_dir(config: SelectConfig, scores_manifest: dict) -> str:
@@ -151,8 +159,9 @@ def _unified_dir(config: SelectConfig, scores_manifest: dict) -> str:
 
 
 def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
-                 scores_manifest: dict | None = None) -> tuple[pd.DataFrame, dict]:
-    """The selected (or relabelled) pool and facts for the manifest; ``df`` and ``scores`` aligned."""
+                 scores_manifest: dict | None = None, texts: pa.Table | None = None) -> tuple[pd.DataFrame, dict]:
+    """The selected (or relabelled) pool and facts for the manifest; ``df`` and ``scores`` aligned
+    (``texts``: the pool's prompt/chosen/rejected as Arrow, where ``df`` holds ids only)."""
     ids = df["pair_id"].to_numpy()
     n = n_keep(config.budget, len(df))
     s, info = config.strategy, {"n_pool": int(len(df))}
@@ -193,7 +202,7 @@ def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
     elif s == "raf":
         # RAF baseline: the pairs with the largest margin under ONE unified reward model.
         model_dir = _unified_dir(config, scores_manifest or {})
-        m = _unified_margins(df, model_dir, config)
+        m = _unified_margins(texts if texts is not None else df, model_dir, config)
         idx = _ranked(m, ids, n, descending=True)
         info.update(threshold=float(m[idx[-1]]), unified_model=str(model_dir))
     elif s == "all":
@@ -287,7 +296,7 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
                         "confidence_message": decision.message}
     if config.strategy in FULL_DATA and config.budget != 1.0:
         log.info("strategy %r keeps the whole pool: budget %s not applied", config.strategy, config.budget)
-    selected, info = select_pairs(df, scores, config, s_manifest)
+    selected, info = select_pairs(df, scores, config, s_manifest, texts=table)
     if config.max_pairs is not None and len(selected) > config.max_pairs:
         info["n_before_cap"] = int(len(selected))
         selected = cap_selection(selected, config.max_pairs, config.seed)

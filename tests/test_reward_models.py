@@ -140,7 +140,11 @@ def test_embedding_cache_embeds_each_text_once(toy, created_at):
     assert len(cache) == len(texts) == rows  # both aspects' runs: each text embedded once
 
 
-def test_debiasing_lowers_length_correlation(tmp_path, created_at):
+@pytest.mark.parametrize("head_hidden, ensemble, min_drop", [
+    (0, 1, 0.1),    # a linear head
+    (128, 5, 0.05),  # the default: an ensemble of 5 MLP heads (measured 0.53 -> 0.44)
+])
+def test_debiasing_lowers_length_correlation(tmp_path, created_at, head_hidden, ensemble, min_drop):
     """Politeness pairs where a neutral filler lengthens the chosen response 85% of the time."""
     rows = synthetic.generate(synthetic.SyntheticConfig(n_pairs=800, aspects=("politeness", "detail"), seed=1))
     rng = np.random.default_rng(0)
@@ -158,14 +162,12 @@ def test_debiasing_lowers_length_correlation(tmp_path, created_at):
         out.append(contract.make_pair(prompt=r["prompt"], chosen=c, rejected=j, aspect="politeness",
                                       source="test", batch_id="b"))
     contract.write_pairs(pd.DataFrame(out), tmp_path / "data", stage="test", config={}, created_at="t")
-    # a linear head: the length term's effect on it is what this checks (an MLP ensemble on the
-    # same data cuts the correlation 0.53 -> 0.44, less than the 0.1 asked here)
     cfg = RewardModelConfig(backbone="tiny-bert", max_length=256, rho=1.0, tau=math.inf,
-                            head_hidden=0, ensemble=1, cache_dir=str(tmp_path / "emb"))
+                            head_hidden=head_hidden, ensemble=ensemble, cache_dir=str(tmp_path / "emb"))
     m = run_reward_model(tmp_path / "data", "politeness", tmp_path / "rm", cfg, created_at)
     assert m["train_chosen_longer_fraction"] > 0.8
     assert m["length_corr_undebiased"] > 0.5
-    assert m["length_corr"] < m["length_corr_undebiased"] - 0.1
+    assert m["length_corr"] < m["length_corr_undebiased"] - min_drop
     assert m["heldout_accuracy"] >= m["heldout_accuracy_undebiased"] - 0.05
 
 
