@@ -210,8 +210,11 @@ def _draw_block(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     # which wrong answer each response states if it is wrong: uniform over the kind's choices
     wrong = rng.integers(0, np.where(is_sum, len(_SUM_ERRORS), len(_WRONG_CAPITALS[0]))[:, None],
                          size=(BLOCK, 2))
+    wrong_winner, wrong_loser = wrong[:, 0], wrong[:, 1]
+    # label noise: a flipped pair presents the loser as chosen
     chosen, rejected = np.where(flip, loser, winner), np.where(flip, winner, loser)
-    wrong_chosen, wrong_rejected = np.where(flip, wrong[:, 1], wrong[:, 0]), np.where(flip, wrong[:, 0], wrong[:, 1])
+    wrong_chosen = np.where(flip, wrong_loser, wrong_winner)
+    wrong_rejected = np.where(flip, wrong_winner, wrong_loser)
     keep = winner >= 0
     return {"is_sum": is_sum[keep], "a": ab[keep, 0], "b": ab[keep, 1], "country": country[keep],
             "aspect": aspect[keep], "chosen": chosen[keep], "rejected": rejected[keep],
