@@ -272,7 +272,8 @@ def run_sft(out_dir: str | Path, config: SFTConfig, created_at: str, data_dir: s
 
 def recipe_key(config: SFTConfig) -> str:
     """Short hash of a recipe (its config and the code that turns it into weights)."""
-    return sha256_hex("sft-recipe-v1", stable_json(to_dict(config)))[:12]
+    # v2: the toy-world generator was vectorised, so a recipe's synthetic pairs (same seed) are other rows
+    return sha256_hex("sft-recipe-v2", stable_json(to_dict(config)))[:12]
 
 
 def build_policy(name: str, recipe: SFTConfig, cache_root: str | Path) -> Path:

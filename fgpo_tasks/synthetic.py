@@ -22,6 +22,14 @@ rejection sampling) so that the other aspects' summed sign of score differences 
 (true PD < 0). Each pair's true ratings of both responses ride along in ratings_chosen /
 ratings_rejected, so PD from ratings is exact. Aspects are assigned round-robin, so the
 per-aspect sub-datasets are disjoint and balanced. Same config, same seed: same rows.
+
+How it is drawn (vectorised, numpy): pair slots come in fixed blocks of ``BLOCK`` slots, each with
+its own random stream derived from (seed, block index), so a larger pool starts with a smaller
+pool's rows. Within a block a response is a code (right answer or not; which polite and which
+detail sentences, as 3-bit masks), and its true scores come from the code by the rules above
+(``_CODE_SCORES``; ``tests/test_synthetic.py`` checks them against ``true_score`` on the text).
+The rejection sampling draws candidate response pairs for every slot at once and keeps each
+slot's first acceptable one; only the accepted pairs are rendered as text.
 """
 
 from __future__ import annotations
@@ -95,66 +103,164 @@ def true_scores(prompt: str, response: str, aspects=ASPECTS) -> dict[str, float]
     return {a: true_score(a, prompt, response) for a in aspects}
 
 
-def _prompt(rng: np.random.Generator) -> str:
-    if rng.random() < 0.5:
-        a, b = rng.integers(2, 99, size=2)
-        return f"What is {a} plus {b}?"
-    return f"What is the capital of {rng.choice(sorted(CAPITALS))}?"
+BLOCK = 4096  # pair slots per block: fixed, so the rows of a seed do not depend on n_pairs
+MAX_TRIES = 200  # candidate response pairs per slot before its prompt is given up
+TRIES_PER_ROUND = 8  # candidate pairs drawn at once for each slot still without a pair
+
+_COUNTRIES = tuple(sorted(CAPITALS))
+_CAPITAL_PROMPTS = tuple(f"What is the capital of {c}?" for c in _COUNTRIES)
+_CAPITAL_OF = tuple(CAPITALS[c] for c in _COUNTRIES)
+# a wrong capital is one of the other 14 (in sorted order); a wrong sum is off by one of these
+_WRONG_CAPITALS = tuple(tuple(x for x in sorted(CAPITALS.values()) if x != CAPITALS[c]) for c in _COUNTRIES)
+_SUM_ERRORS = (-10, -2, -1, 1, 2, 10)
+_ANSWER_WORDS = len("The answer is X.".split())  # an answer is one word ("42", "Lima", "-6")
 
 
-def _wrong_answer(prompt: str, rng: np.random.Generator) -> str:
-    right = correct_answer(prompt)
-    if right.isdigit():
-        return str(int(right) + int(rng.choice([-10, -2, -1, 1, 2, 10])))
-    return str(rng.choice([c for c in sorted(CAPITALS.values()) if c != right]))
+# A response code: bit 6 = states the right answer; bits 3-5 = which POLITE sentences it has
+# (bit i: sentence i); bits 0-2 = which DETAIL sentences. The wrong answer (if any) is drawn apart:
+# no score depends on which wrong answer it is.
+def _polite_mask(code: int) -> int:
+    return code >> 3 & 7
 
 
-def _response(prompt: str, rng: np.random.Generator) -> str:
-    """A random response: answer (right or wrong), some polite and some detail sentences."""
-    answer = correct_answer(prompt) if rng.random() < 0.5 else _wrong_answer(prompt, rng)
-    polite = [POLITE[i] for i in sorted(rng.choice(3, size=rng.integers(0, 4), replace=False))]
-    detail = [DETAIL[i] for i in sorted(rng.choice(3, size=rng.integers(0, 4), replace=False))]
-    parts = polite[:1] + [f"The answer is {answer}."] + detail + polite[1:]
-    return " ".join(parts)
+def _detail_mask(code: int) -> int:
+    return code & 7
 
 
-def _other_sign_sum(sw: dict, sl: dict, aspect: str, aspects) -> float:
-    return float(sum(np.sign(sw[a] - sl[a]) for a in aspects if a != aspect))
+def _sentences(sentences: tuple[str, ...], mask: int) -> list[str]:
+    return [s for i, s in enumerate(sentences) if mask >> i & 1]
 
 
-def _draw_pair(prompt, aspect, want_conflict, aspects, rng, max_tries=200):
-    for _ in range(max_tries):
-        r1, r2 = _response(prompt, rng), _response(prompt, rng)
-        s1, s2 = true_scores(prompt, r1, aspects), true_scores(prompt, r2, aspects)
-        if s1[aspect] == s2[aspect]:
-            continue
-        (cw, sw), (cl, sl) = ((r1, s1), (r2, s2)) if s1[aspect] > s2[aspect] else ((r2, s2), (r1, s1))
-        others = _other_sign_sum(sw, sl, aspect, aspects)
-        if (others < 0) if want_conflict else (others > 0):
-            return cw, cl, sw, sl
-    return None
+def _code_scores(code: int) -> tuple[float, ...]:
+    """True scores (in ASPECTS order) of every response with this code, by the rules of
+    true_score: correctness = right answer, politeness / detail = sentences present, conciseness =
+    -(word count) / 10 with the word count summed over the sentences."""
+    polite, detail = _sentences(POLITE, _polite_mask(code)), _sentences(DETAIL, _detail_mask(code))
+    words = _ANSWER_WORDS + sum(len(s.split()) for s in polite + detail)
+    return float(code >> 6), float(len(polite)), float(len(detail)), -words / 10.0
+
+
+def _template(code: int) -> tuple[str, str]:
+    """(text before the answer, text after it) of a response: the first polite sentence,
+    "The answer is X.", the detail sentences, the other polite sentences (each in index order)."""
+    polite, detail = _sentences(POLITE, _polite_mask(code)), _sentences(DETAIL, _detail_mask(code))
+    return ("".join(s + " " for s in polite[:1]) + "The answer is ",
+            "." + "".join(" " + s for s in detail + polite[1:]))
+
+
+_CODE_SCORES = np.array([_code_scores(c) for c in range(128)])  # [code, aspect in ASPECTS order]
+_TEMPLATES = tuple(_template(c) for c in range(128))
+# A sentence subset: its size uniform in 0..3, then a subset of that size uniformly; as 12 equally
+# likely outcomes: the empty set 3 times, each single and each pair once, all three 3 times.
+_SUBSET_DRAWS = (0, 0, 0, 1, 2, 4, 3, 5, 6, 7, 7, 7)
+# A random response code: right answer with probability 1/2, polite and detail subsets as above,
+# all independent; as 2 * 12 * 12 equally likely outcomes.
+_CODE_DRAWS = np.array([r << 6 | p << 3 | d for r in (0, 1) for p in _SUBSET_DRAWS for d in _SUBSET_DRAWS])
+
+
+def _block_rng(seed: int, block: int) -> np.random.Generator:
+    """The random stream of one block: the block-th child of the seed's SeedSequence."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+
+
+def _draw_pairs(rng: np.random.Generator, aspect: np.ndarray, want_conflict: np.ndarray,
+                scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rejection sampling for every slot at once. For slot i, the first of up to MAX_TRIES random
+    response pairs whose scores on ``aspect[i]`` differ and whose other aspects' summed sign of
+    score differences (winner minus loser) is < 0 if ``want_conflict[i]``, else > 0. ``scores``
+    is [code, aspect]. Returns the (winner, loser) codes of each slot, -1 where none was found."""
+    m = len(aspect)
+    winner, loser = np.full(m, -1), np.full(m, -1)
+    other = np.ones((m, scores.shape[1]))
+    other[np.arange(m), aspect] = 0.0
+    todo, tries = np.arange(m), 0
+    while todo.size and tries < MAX_TRIES:
+        t = min(TRIES_PER_ROUND, MAX_TRIES - tries)
+        tries += t
+        c1 = _CODE_DRAWS[rng.integers(0, len(_CODE_DRAWS), size=(todo.size, t))]
+        c2 = _CODE_DRAWS[rng.integers(0, len(_CODE_DRAWS), size=(todo.size, t))]
+        sign = np.sign(scores[c1] - scores[c2])  # [slot, try, aspect], first minus second
+        own = np.take_along_axis(sign, aspect[todo][:, None, None], axis=2)[..., 0]
+        others = (sign * other[todo][:, None, :]).sum(axis=2) * own  # winner minus loser
+        ok = (own != 0) & np.where(want_conflict[todo][:, None], others < 0, others > 0)
+        hit = ok.any(axis=1)
+        col = ok[hit].argmax(axis=1)  # the first acceptable try
+        a, b = c1[hit, col], c2[hit, col]
+        first_wins = own[hit, col] > 0
+        winner[todo[hit]] = np.where(first_wins, a, b)
+        loser[todo[hit]] = np.where(first_wins, b, a)
+        todo = todo[~hit]
+    return winner, loser
+
+
+def _draw_block(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
+    """The pairs of one block of BLOCK slots as codes, only the slots that found a pair (a prompt
+    that cannot give such a pair is dropped: the next slot draws another). Slot s of the pool
+    (s = block * BLOCK + i) is for aspect s mod len(aspects): round-robin."""
+    rng = _block_rng(config.seed, block)
+    aspects = config.aspects
+    aspect = (block * BLOCK + np.arange(BLOCK)) % len(aspects)
+    is_sum = rng.random(BLOCK) < 0.5  # half sums of two numbers in [2, 99), half capitals
+    ab = rng.integers(2, 99, size=(BLOCK, 2))
+    country = rng.integers(0, len(_COUNTRIES), size=BLOCK)
+    want_conflict = rng.random(BLOCK) < config.conflict_rate
+    flip = rng.random(BLOCK) < config.label_noise
+    scores = _CODE_SCORES[:, [ASPECTS.index(a) for a in aspects]]
+    winner, loser = _draw_pairs(rng, aspect, want_conflict, scores)
+    # which wrong answer each response states if it is wrong: uniform over the kind's choices
+    wrong = rng.integers(0, np.where(is_sum, len(_SUM_ERRORS), len(_WRONG_CAPITALS[0]))[:, None],
+                         size=(BLOCK, 2))
+    wrong_winner, wrong_loser = wrong[:, 0], wrong[:, 1]
+    # label noise: a flipped pair presents the loser as chosen
+    chosen, rejected = np.where(flip, loser, winner), np.where(flip, winner, loser)
+    wrong_chosen = np.where(flip, wrong_loser, wrong_winner)
+    wrong_rejected = np.where(flip, wrong_winner, wrong_loser)
+    keep = winner >= 0
+    return {"is_sum": is_sum[keep], "a": ab[keep, 0], "b": ab[keep, 1], "country": country[keep],
+            "aspect": aspect[keep], "chosen": chosen[keep], "rejected": rejected[keep],
+            "wrong_chosen": wrong_chosen[keep], "wrong_rejected": wrong_rejected[keep]}
+
+
+def _answer(is_sum: bool, total: int, country: int, code: int, wrong: int) -> str:
+    if is_sum:
+        return str(total if code >> 6 else total + _SUM_ERRORS[wrong])
+    return _CAPITAL_OF[country] if code >> 6 else _WRONG_CAPITALS[country][wrong]
+
+
+def _text(is_sum: bool, total: int, country: int, code: int, wrong: int) -> str:
+    head, tail = _TEMPLATES[code]
+    return head + _answer(is_sum, total, country, code, wrong) + tail
+
+
+def _render(config: SyntheticConfig, drawn: dict[str, np.ndarray]):
+    """Yield (prompt, chosen, rejected, aspect, ratings_chosen, ratings_rejected) of a block's
+    pairs, in slot order, lazily: a small pool renders only the rows it keeps."""
+    aspects = config.aspects
+    scores = [tuple(s) for s in _CODE_SCORES[:, [ASPECTS.index(a) for a in aspects]].tolist()]
+    columns = [drawn[k].tolist() for k in ("is_sum", "a", "b", "country", "aspect", "chosen",
+                                           "rejected", "wrong_chosen", "wrong_rejected")]
+    for is_sum, a, b, country, k, chosen, rejected, wc, wr in zip(*columns):
+        prompt = f"What is {a} plus {b}?" if is_sum else _CAPITAL_PROMPTS[country]
+        yield (prompt, _text(is_sum, a + b, country, chosen, wc), _text(is_sum, a + b, country, rejected, wr),
+               aspects[k], dict(zip(aspects, scores[chosen])), dict(zip(aspects, scores[rejected])))
 
 
 def generate(config: SyntheticConfig) -> list[dict]:
-    """Contract rows of the toy world; deterministic for a config (seed included)."""
-    rng = np.random.default_rng(config.seed)
-    rows, seen, i = [], set(), 0
+    """Contract rows of the toy world; deterministic for a config (seed included). Rows come
+    block by block, so ``generate`` with more pairs starts with the rows of fewer."""
+    rows, seen, block = [], set(), 0
     while len(rows) < config.n_pairs:
-        aspect = config.aspects[i % len(config.aspects)]
-        i += 1
-        prompt = _prompt(rng)
-        want_conflict = bool(rng.random() < config.conflict_rate)
-        drawn = _draw_pair(prompt, aspect, want_conflict, config.aspects, rng)
-        if drawn is None:  # this prompt cannot give such a pair; draw another
-            continue
-        chosen, rejected, sc, sr = drawn
-        if rng.random() < config.label_noise:
-            chosen, rejected, sc, sr = rejected, chosen, sr, sc
-        row = make_pair(prompt=prompt, chosen=chosen, rejected=rejected, aspect=aspect,
-                        source="synthetic", batch_id=config.batch_id, ratings_chosen=sc,
-                        ratings_rejected=sr, source_line=len(rows) + 1)
-        if row["pair_id"] in seen:  # the toy world is small: skip exact repeats
-            continue
-        seen.add(row["pair_id"])
-        rows.append(row)
+        before = len(rows)
+        for prompt, chosen, rejected, aspect, sc, sr in _render(config, _draw_block(config, block)):
+            row = make_pair(prompt=prompt, chosen=chosen, rejected=rejected, aspect=aspect,
+                            source="synthetic", batch_id=config.batch_id, ratings_chosen=sc,
+                            ratings_rejected=sr, source_line=len(rows) + 1)
+            if row["pair_id"] in seen:  # the toy world is small: skip exact repeats
+                continue
+            seen.add(row["pair_id"])
+            rows.append(row)
+            if len(rows) == config.n_pairs:
+                break
+        check(len(rows) > before, f"no toy-world pair satisfies this config in {BLOCK} tries: {config}")
+        block += 1
     return rows

@@ -12,8 +12,10 @@ from fgpo_tasks.errors import ConfigError
 from fgpo_tasks.provenance import file_fingerprint
 from fgpo_tasks.sft import SFTConfig, collate, run_sft, sft_examples
 
+# 40 steps: the loss ends near 0.45-0.5 of its first value for toy-world pools of seeds 0-7 alike
+# (after 25 steps it ends near 0.6, so the bar below was a coin toss on the pool)
 SMALL = dict(model="tiny-llama", tiny_dims={"hidden": 32, "layers": 1, "heads": 2}, bpe_vocab=300,
-             synthetic={"n_pairs": 60, "seed": 7}, max_steps=25, lr=1e-2, batch_size=8, logging_steps=5)
+             synthetic={"n_pairs": 60, "seed": 7}, max_steps=40, lr=1e-2, batch_size=8, logging_steps=5)
 
 
 def test_loss_falls_and_the_folder_describes_itself(tmp_path, created_at):
@@ -22,7 +24,7 @@ def test_loss_falls_and_the_folder_describes_itself(tmp_path, created_at):
     assert result["final_loss"] < 0.6 * result["first_loss"], result["curve"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     card = json.loads((out / "fgpo_model.json").read_text())
-    assert card["stage"] == "sft" and card["config"]["max_steps"] == 25
+    assert card["stage"] == "sft" and card["config"]["max_steps"] == 40
     assert card["synthetic"]["seed"] == 7 and len(card["data_fingerprint"]) == 64 and card["code_version"]
     # what the evaluation stage loads: the tokenizer renders the chat template it was trained with
     tok = models.load_tokenizer(str(out))

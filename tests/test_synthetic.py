@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fgpo_tasks import contract, synthetic
+from fgpo_tasks.errors import ConfigError
 
 
 def _other_sign_sum(row: dict, aspects) -> float:
@@ -72,3 +73,48 @@ def test_label_noise_flips_that_share_of_labels():
     wrong = np.mean([r["ratings_chosen"][r["aspect"]] < r["ratings_rejected"][r["aspect"]]
                      for r in synthetic.generate(cfg)])
     assert abs(wrong - 0.2) < 0.03
+
+
+def test_a_larger_pool_starts_with_a_smaller_pools_rows():
+    small = synthetic.generate(synthetic.SyntheticConfig(n_pairs=500, seed=6, conflict_rate=0.3))
+    large = synthetic.generate(synthetic.SyntheticConfig(n_pairs=5000, seed=6, conflict_rate=0.3))
+    assert small == large[:500]
+    assert len(large) == 5000 > synthetic.BLOCK  # the large pool spans more than one block
+    # across a block boundary too
+    over = synthetic.generate(synthetic.SyntheticConfig(n_pairs=synthetic.BLOCK + 7, seed=6, conflict_rate=0.3))
+    assert over == large[:synthetic.BLOCK + 7]
+
+
+@pytest.mark.parametrize("is_sum", [True, False])
+def test_code_scores_are_the_true_scores_of_the_rendered_text(is_sum):
+    """Every response code (answer right or wrong, each polite and detail subset), rendered for a
+    sum and a capital prompt with every wrong answer, scores by true_score as _CODE_SCORES says."""
+    prompt = "What is 3 plus 4?" if is_sum else synthetic._CAPITAL_PROMPTS[5]
+    country = 5
+    n_wrong = len(synthetic._SUM_ERRORS) if is_sum else len(synthetic._WRONG_CAPITALS[country])
+    texts = set()
+    for code in range(128):
+        for wrong in range(n_wrong):
+            text = synthetic._text(is_sum, 7, country, code, wrong)
+            texts.add(text)
+            expected = dict(zip(synthetic.ASPECTS, synthetic._CODE_SCORES[code].tolist()))
+            assert synthetic.true_scores(prompt, text) == expected, (code, wrong, text)
+    assert len(texts) == 64 * (1 + n_wrong)  # codes and wrong answers all render differently
+
+
+def test_response_codes_are_drawn_as_the_rules_say():
+    """A response: right answer with probability 1/2; polite and detail subsets each of a size
+    uniform in 0..3, the subset uniform given its size; all independent."""
+    draws = synthetic._CODE_DRAWS
+    assert len(draws) == 288 and np.mean(draws >> 6) == 0.5
+    for mask_of in (lambda c: c >> 3 & 7, lambda c: c & 7):
+        masks = Counter(mask_of(int(c)) for c in draws)
+        assert masks == {0: 72, 7: 72, 1: 24, 2: 24, 4: 24, 3: 24, 5: 24, 6: 24}
+    assert Counter((int(c) >> 6, int(c) >> 3 & 7, int(c) & 7) for c in draws) == Counter(
+        (r, p, d) for r in (0, 1) for p in synthetic._SUBSET_DRAWS for d in synthetic._SUBSET_DRAWS)
+
+
+def test_a_block_without_any_pair_fails_instead_of_looping(monkeypatch):
+    monkeypatch.setattr(synthetic, "MAX_TRIES", 0)  # no slot may try a pair: none is found
+    with pytest.raises(ConfigError, match="no toy-world pair"):
+        synthetic.generate(synthetic.SyntheticConfig(n_pairs=10))
