@@ -76,3 +76,24 @@ def test_missing_texts_are_embedded_in_bounded_chunks(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got, np.stack([vec(k) for k in keys + keys[:10]]))
     assert sum(calls) == 100 and max(calls) <= 7  # each text once, never more than a chunk at a time
     assert cache.fetch(keys[::-1], lambda m: pytest.fail("recomputed")).shape == (100, 4)
+
+
+def test_an_index_built_in_one_sort_equals_one_built_shard_by_shard():
+    from fgpo_tasks.reward_models.embeddings import _Bucket
+
+    rng = np.random.default_rng(0)
+    shards = [(f"a/shard-{i}", np.array([f"{k:04x}".encode() for k in rng.integers(0, 3000, size=50)]))
+              for i in range(30)]  # keys repeat across shards: the older shard's row must win
+    one, many = _Bucket(), _Bucket()
+    for sid, keys in shards:
+        one.extend(sid, keys)
+    many.extend_many(shards)
+    for name in ("keys", "shard", "row"):
+        assert np.array_equal(getattr(one, name), getattr(many, name))
+    assert one.sids == many.sids and one.seen == many.seen
+    first = {}
+    for s, (_, keys) in enumerate(shards):
+        for r, k in enumerate(keys):
+            first.setdefault(k, (s, r))
+    pos = many.locate(np.array(list(first)))
+    assert [(int(many.shard[p]), int(many.row[p])) for p in pos] == list(first.values())

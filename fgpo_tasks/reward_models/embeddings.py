@@ -98,14 +98,24 @@ class _Bucket:
         self.seen: set[str] = set()
 
     def extend(self, sid: str, keys: np.ndarray) -> None:
-        self.seen.add(sid)
-        self.sids.append(sid)
-        keys = _as_bytes(keys)
-        all_keys = np.concatenate([self.keys, keys])  # bytes of the wider width
-        shard = np.concatenate([self.shard, np.full(len(keys), len(self.sids) - 1, np.int32)])
-        row = np.concatenate([self.row, np.arange(len(keys), dtype=np.int32)])
+        self.extend_many([(sid, keys)])
+
+    def extend_many(self, shards: list[tuple[str, np.ndarray]]) -> None:
+        """Add shards (id, keys) to the index with ONE sort: a reader opening a bucket of many
+        shards pays one sort of its keys, not one per shard."""
+        if not shards:
+            return
+        keys, shard, row = [self.keys], [self.shard], [self.row]
+        for sid, k in shards:
+            self.seen.add(sid)
+            self.sids.append(sid)
+            k = _as_bytes(k)
+            keys.append(k)
+            shard.append(np.full(len(k), len(self.sids) - 1, np.int32))
+            row.append(np.arange(len(k), dtype=np.int32))
+        all_keys = np.concatenate(keys)  # bytes of the widest width
         order = np.argsort(all_keys, kind="stable")  # an older shard's row wins a duplicate key
-        self.keys, self.shard, self.row = all_keys[order], shard[order], row[order]
+        self.keys, self.shard, self.row = all_keys[order], np.concatenate(shard)[order], np.concatenate(row)[order]
 
     def locate(self, keys: np.ndarray) -> np.ndarray:
         """Positions in the index of ``keys`` (bytes), -1 where absent."""
@@ -186,10 +196,12 @@ class EmbeddingCache:
             if not folder.is_dir():
                 continue
             b = self._bucket(name)
+            new = []
             for kf in sorted(folder.glob("shard-*.keys.npy")):
                 sid = f"{name}/{kf.name[:-len('.keys.npy')]}"
                 if sid not in b.seen:
-                    b.extend(sid, np.load(kf, allow_pickle=False))
+                    new.append((sid, np.load(kf, allow_pickle=False)))
+            b.extend_many(new)
 
     def _locate(self, keys: list[str]) -> list[tuple[str, int]]:
         """(bucket, index position or -1) per key, from the buckets read so far."""
