@@ -206,7 +206,7 @@ def content_fingerprint(df: pd.DataFrame | pa.Table) -> str:
     return sink.hash.hexdigest()
 
 
-def data_fingerprint(directory: str | Path, table: pa.Table | None = None) -> str:
+def data_fingerprint(directory: str | Path, table: pd.DataFrame | pa.Table | None = None) -> str:
     """The content fingerprint of a pair directory: the one its manifest records (computed once,
     when the table was written), else computed from ``table`` (or the stored pairs)."""
     path = Path(directory) / MANIFEST_FILE

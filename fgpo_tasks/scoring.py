@@ -434,9 +434,10 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
         raise ConfigError("score needs reward models (--reward-models DIR) or --from-ratings")
     if (reward_models_dir is not None or model_dirs) and config.from_ratings:
         raise ConfigError("give either --reward-models or --from-ratings, not both")
-    # Arrow all the way: no Python object per pair. The texts stay Arrow for an in-process model
-    # pass (one chunk at a time becomes Python strings); the reduce of sharded scoring and PD from
-    # ratings drop them (the conflict review reads its few pairs' texts back from the file).
+    # Arrow all the way: no Python object per pair. The texts (which pooling ratings per response
+    # needs) stay Arrow for an in-process model pass, one chunk at a time becoming Python strings;
+    # the reduce of sharded scoring and PD from ratings drop them once the ratings are pooled (the
+    # conflict review reads its few pairs' texts back from the file).
     pool = contract.read_pair_table(data_dir, columns=RATING_COLUMNS)
     df = pool.select(["pair_id", "aspect"]).to_pandas()
     if len(df) == 0:
@@ -461,8 +462,10 @@ def run_score(data_dir: str | Path, out_dir: str | Path, config: ScoreConfig, cr
             log.warning("no reward model for aspects %s: PD of other pairs omits them", missing)
         mask = cross_mask(df["aspect"].to_numpy(), aspects, df["pair_id"].to_numpy(),
                           [m["training_ids"] for m in models])
-        raw, stats = (margins or (lambda d, ms, mk: model_margins(
-            d, ms, mk, config, texts=lambda rows: text_table.take(pa.array(rows)).to_pandas())))(df, models, mask)
+        if margins is None:
+            def margins(d, ms, mk):
+                return model_margins(d, ms, mk, config, texts=lambda rows: text_table.take(pa.array(rows)).to_pandas())
+        raw, stats = margins(df, models, mask)
         text_table = None
         pd_values, scaled, q = compute_pd(raw, mask, config.gamma)
         source = "reward_models"

@@ -135,11 +135,12 @@ def _unified_margins(pairs: pd.DataFrame | pa.Table, model_dir: str, config: Sel
     from fgpo_tasks.reward_models import load_scorer
 
     score = load_scorer(model_dir, cache_dir=config.embedding_cache_dir)
+    cols = ["prompt", "chosen", "rejected"]
+    if isinstance(pairs, pd.DataFrame):
+        pairs = pa.Table.from_pandas(pairs[cols], preserve_index=False)
     out = np.empty(len(pairs))
     for lo in range(0, len(pairs), chunk):
-        part = pairs.slice(lo, chunk) if isinstance(pairs, pa.Table) else pairs.iloc[lo:lo + chunk]
-        p, c, r = (list(part["prompt"]), list(part["chosen"]), list(part["rejected"])) \
-            if isinstance(pairs, pd.DataFrame) else (part.column(k).to_pylist() for k in ("prompt", "chosen", "rejected"))
+        p, c, r = (pairs.slice(lo, chunk).column(k).to_pylist() for k in cols)
         v = score(p + p, c + r)
         out[lo:lo + len(p)] = v[:len(p)] - v[len(p):]
     return out
