@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(os.environ.get("FGPO_PROFILES_DIR", REPO / "configs" / "pipeline"))
 STAGES = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate", "eval_reward_models")
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
 ON_WEAK = ("warn", "fallback_ratings", "fail")  # fgpo_tasks.confidence.ON_WEAK
 
 

@@ -25,16 +25,16 @@ from fgpo_tasks.storage import atomic_dir
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
 FULL_DATA = ("all", "ova", "avg")
 # need only the pair ids of the pool (raf: and its texts, read chunk by chunk from Arrow)
-RANKING = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf")
+RANKING = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf")
 _POS = "_position"  # row of the pool table, carried through the ranking
 
 
 @dataclass
 class SelectConfig:
-    strategy: Literal["pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg"] = field(
+    strategy: Literal["pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg"] = field(
         default="pd", metadata={"help": f"one of {list(STRATEGIES)}"})
     budget: float = field(default=0.3, metadata={
         "help": "lambda: the fraction of the pool kept (round(budget * N) pairs); all/ova/avg keep all"})
@@ -53,6 +53,9 @@ class SelectConfig:
     embedding_cache_dir: str | None = field(default=None, metadata={
         "help": "raf: embedding cache root of a frozen unified model; default: the model's own",
         "inert": True})
+    length_bins: int = field(default=10, metadata={
+        "help": "random_length: quantile bins of the word-length difference (chosen - rejected) "
+                "within which the draw matches PD's selection"})
     max_pairs: int | None = field(default=None, metadata={
         "help": "keep at most this many of the selected pairs: a seeded uniform sample of the "
                 "selection (a small-compute run trains on a sample of what the strategy chose, "
@@ -66,6 +69,7 @@ class SelectConfig:
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         check(0.0 < self.budget <= 1.0, f"budget must be in (0, 1], got {self.budget}")
+        check(self.length_bins >= 1, f"length_bins must be >= 1, got {self.length_bins}")
         check(self.max_pairs is None or self.max_pairs >= 1, f"max_pairs must be >= 1 or null, got {self.max_pairs}")
         check(self.on_weak_proxies in ("warn", "fallback_ratings", "fail"),
               f"on_weak_proxies must be one of ['warn', 'fallback_ratings', 'fail'], got {self.on_weak_proxies!r}")
@@ -159,6 +163,28 @@ def _unified_dir(config: SelectConfig, scores_manifest: dict) -> str:
                       "--unified-model RM/__all__")
 
 
+def word_difference(texts: pa.Table) -> np.ndarray:
+    """Words of the chosen minus words of the rejected response, per row of ``texts``."""
+    def words(col):
+        return np.array([len(t.split()) if t else 0 for t in texts.column(col).to_pylist()], dtype=np.float64)
+    return words("chosen") - words("rejected")
+
+
+def length_matched(dwords: np.ndarray, ref_idx: np.ndarray, ids: np.ndarray, seed: int, bins: int) -> np.ndarray:
+    """Positions of a seeded uniform sample with as many pairs per bin of ``dwords`` (quantile
+    bins of the whole pool) as ``ref_idx`` has there; within a bin the draw runs over pair_id order."""
+    edges = np.unique(np.quantile(dwords, np.linspace(0, 1, bins + 1)[1:-1])) if len(dwords) else np.empty(0)
+    which = np.searchsorted(edges, dwords, side="right")
+    need = np.bincount(which[ref_idx], minlength=len(edges) + 1)
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(len(edges) + 1):
+        members = np.flatnonzero(which == b)
+        members = members[np.argsort(ids[members], kind="stable")]
+        out.append(members[rng.permutation(len(members))[:need[b]]])
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
 def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
                  scores_manifest: dict | None = None, texts: pa.Table | None = None) -> tuple[pd.DataFrame, dict]:
     """The selected (or relabelled) pool and facts for the manifest; ``df`` and ``scores`` aligned
@@ -200,6 +226,18 @@ def select_pairs(df: pd.DataFrame, scores: pd.DataFrame, config: SelectConfig,
         # row order does not matter.
         order = np.argsort(ids, kind="stable")
         idx = order[np.random.default_rng(config.seed).permutation(len(order))[:n]]
+    elif s == "random_length":
+        # Control (ours, not in the paper): a uniform subset with the length profile of PD's
+        # selection, so that PD minus this arm is what PD adds beyond keeping longer-chosen pairs.
+        if texts is None:
+            raise ValueError("strategy 'random_length' needs the pool's texts")
+        pd_idx = _ranked(scores["pd"].to_numpy(), ids, n)
+        dwords = word_difference(texts)
+        idx = length_matched(dwords, pd_idx, ids, config.seed, config.length_bins)
+        info.update(pd_chosen_longer_fraction=float((dwords[pd_idx] > 0).mean()),
+                    chosen_longer_fraction=float((dwords[idx] > 0).mean()),
+                    pd_mean_word_difference=float(dwords[pd_idx].mean()),
+                    mean_word_difference=float(dwords[idx].mean()))
     elif s == "raf":
         # RAF baseline: the pairs with the largest margin under ONE unified reward model.
         model_dir = _unified_dir(config, scores_manifest or {})
@@ -269,7 +307,7 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
         df[_POS] = np.arange(len(df), dtype=np.int64)
     else:
         df = contract.read_pairs(data_dir)
-    needs_scores = config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid")
+    needs_scores = config.strategy in ("pd", "pd_ratings", "pd_high", "pd_mid", "random_length")
     scores, s_manifest = (read_scores(scores_dir) if scores_dir is not None or needs_scores
                           else (None, {}))
     if scores is not None:
@@ -324,7 +362,7 @@ def run_select(scores_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     with atomic_dir(out_dir) as tmp:
         contract.write_pair_table(selected, tmp)
         rep = tmp / "reports"
-        if "pd" in scores and config.strategy in ("pd", "pd_high", "pd_mid", "random", "raf"):
+        if "pd" in scores and config.strategy in ("pd", "pd_high", "pd_mid", "random", "random_length", "raf"):
             reports.pd_histogram(scores["pd"].to_numpy(), rep, selected=chosen_mask,
                                  cut=cut if config.strategy in ("pd", "pd_high") else None,
                                  title=f"PD, strategy {config.strategy}, budget {config.budget}")

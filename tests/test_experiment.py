@@ -175,7 +175,7 @@ def test_aggregate_gives_mean_and_spread_over_seeds_and_marks_skipped_arms():
     assert rows["pd"]["cost_vs_all"] == pytest.approx((0.375, 0.1767767), rel=1e-5)  # 5/10 and 5/20
     assert rows["pd_ratings"]["skipped"] == "no ratings"
     md = experiment.markdown(cfg, list(rows.values()), {"n_prompts": 3, "eval_models_text": "rule"})
-    assert "| pd | 10 ± 0 | 0.10 ± 0.00 | 0.800 ± 0.141 | 0.800 ± 0.141 | 2.000 ± 1.414 |" in md and "skipped: no ratings" in md
+    assert "| pd | 10 ± 0 | 0.10 ± 0.00 | n/a (n/a) | 0.800 ± 0.141 | 0.800 ± 0.141 | 2.000 ± 1.414 |" in md and "skipped: no ratings" in md
 
 
 def test_selection_cost_counts_what_each_strategy_needs():

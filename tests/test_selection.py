@@ -231,3 +231,48 @@ def test_max_pairs_caps_the_selection_with_a_sample_independent_of_row_order():
     assert cap_selection(df, 100, seed=0) is df and cap_selection(df, None, seed=0) is df
     with pytest.raises(ConfigError, match="max_pairs"):
         SelectConfig(max_pairs=0)
+
+
+def test_random_length_matches_pds_length_profile_not_its_pairs():
+    """The length control: a seeded random draw with PD's selection's per-bin counts of the word
+    difference (chosen - rejected), on a pool where PD prefers longer chosen responses."""
+    import pyarrow as pa
+
+    from fgpo_tasks.selection import length_matched, word_difference
+
+    n = 400
+    df, _ = _pool(n)
+    rng = np.random.default_rng(7)
+    dwords = rng.integers(-60, 61, size=n)
+    pd_score = -dwords / 30 + rng.normal(scale=1.0, size=n)  # PD lower (kept) where chosen is longer
+    scores = pd.DataFrame({"pair_id": df["pair_id"], "pd": pd_score})
+    texts = pa.table({"prompt": ["p"] * n,
+                      "chosen": [" ".join(["w"] * (60 + d)) for d in dwords],
+                      "rejected": [" ".join(["w"] * 60)] * n})
+    assert (word_difference(texts) == dwords).all()
+    ids = df["pair_id"].to_numpy()
+    pd_sel, _ = select_pairs(df, scores, SelectConfig(strategy="pd", budget=0.3))
+    sel, info = select_pairs(df, scores, SelectConfig(strategy="random_length", budget=0.3, seed=1),
+                             texts=texts)
+    pos = {p: i for i, p in enumerate(ids)}
+    pd_idx = np.array([pos[p] for p in pd_sel["pair_id"]])
+    idx = np.array([pos[p] for p in sel["pair_id"]])
+    assert len(idx) == len(pd_idx) == 120 and sel["pair_id"].is_unique
+    # the same count in every decile bin of the pool's word difference
+    edges = np.unique(np.quantile(dwords, np.linspace(0, 1, 11)[1:-1]))
+    bins = lambda i: np.bincount(np.searchsorted(edges, dwords[i], side="right"), minlength=len(edges) + 1)
+    assert (bins(idx) == bins(pd_idx)).all()
+    assert info["pd_chosen_longer_fraction"] > 0.7
+    assert abs(info["chosen_longer_fraction"] - info["pd_chosen_longer_fraction"]) < 0.1
+    assert len(set(idx) & set(pd_idx)) < 0.8 * len(pd_idx)  # not PD's pairs
+    # a plain random draw has the pool's length profile, not PD's
+    rand, _ = select_pairs(df, scores, SelectConfig(strategy="random", budget=0.3, seed=1))
+    r_idx = np.array([pos[p] for p in rand["pair_id"]])
+    assert (dwords[r_idx] > 0).mean() < 0.6
+    # deterministic per seed, another seed draws other pairs with the same profile
+    again, _ = select_pairs(df, scores, SelectConfig(strategy="random_length", budget=0.3, seed=1), texts=texts)
+    other, _ = select_pairs(df, scores, SelectConfig(strategy="random_length", budget=0.3, seed=2), texts=texts)
+    assert list(again["pair_id"]) == list(sel["pair_id"]) and set(other["pair_id"]) != set(sel["pair_id"])
+    o_idx = np.array([pos[p] for p in other["pair_id"]])
+    assert (bins(o_idx) == bins(pd_idx)).all()
+    assert set(length_matched(dwords.astype(float), pd_idx, ids, 1, 10)) == set(idx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 HELP = "select the training subset by PD or a baseline strategy"
 
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
 
 
 def add_arguments(p) -> None:

@@ -15,13 +15,14 @@ from fgpo_tasks.storage import commit_step, safe_name, step_result
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent.parent
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
 LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "dfpo")
 STAGE_SECTIONS = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate",
                   "eval_reward_models")
 ROLE_TAG = "fgpo.role"
 # What each strategy needs computed before it can select ('aspects': the per-aspect proxies).
 NEEDS = {"pd": {"aspects", "score"}, "pd_high": {"aspects", "score"}, "pd_mid": {"aspects", "score"},
+         "random_length": {"aspects", "score"},
          "raf": {"unified"}, "pd_ratings": set(), "random": set(), "all": set(), "ova": set(), "avg": set()}
 
 

@@ -60,6 +60,17 @@ def _true_conflict(selected_dir: str, scores_dir: str | None) -> dict:
 
 
 
+def _length_profile(selected_dir: str) -> dict:
+    """Share of the selected pairs whose chosen response has more words, and the mean word
+    difference (chosen - rejected): the length confound of a selection, beside its win rates."""
+    from fgpo_tasks import contract
+    from fgpo_tasks.selection import word_difference
+
+    d = word_difference(contract.read_pair_table(selected_dir).select(["chosen", "rejected"]))
+    return {"selected_chosen_longer": float((d > 0).mean()) if len(d) else None,
+            "selected_word_difference": float(d.mean()) if len(d) else None}
+
+
 def _log_report(cfg: ExperimentConfig, key: str, root: Path) -> None:
     """The table and plot as artifacts of one MLflow run (role 'report') beside the arms' runs."""
     try:
@@ -114,6 +125,8 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
                    "implicit_accuracy": [(r.get("implicit_reward") or {}).get("accuracy") for r in done],
                    "n_selected": [r["n_selected"] for r in done],
                    "selected_conflict_fraction": [r.get("selected_conflict_fraction") for r in done],
+                   "selected_chosen_longer": [r.get("selected_chosen_longer") for r in done],
+                   "selected_word_difference": [r.get("selected_word_difference") for r in done],
                    "selection_s": [r["cost"]["selection_s"] for r in done],
                    "training_s": [r["cost"]["training_s"] for r in done],
                    "total_s": [r["cost"]["total_s"] for r in done],
@@ -233,7 +246,7 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
                       f"Spearman(PD, PD from ratings) {_fmt(facts['spearman'], 2)}; selection confidence "
                       f"{_verdicts(facts.get('verdicts'))}.", ""]
         implicit = cfg.implicit_reward_config is not None
-        headers = (["arm", "pairs", "true conflict", "LC win rate", "win rate"]
+        headers = (["arm", "pairs", "true conflict", "chosen longer (Δ words)", "LC win rate", "win rate"]
                    + (["implicit acc", "implicit acc CI", "implicit acc − random [CI]"] if implicit else [])
                    + ["Δ mean"] + [f"Δ {a}" for a in aspects] + ["selection s", "training s", "cost vs all"])
         lines += [f"**pool {pool.name}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -242,6 +255,7 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
                 lines.append(f"| {r['arm']} | " + " | ".join(["—"] * (len(headers) - 2)) + f" | skipped: {r['skipped']} |")
                 continue
             cells = [r["arm"], _fmt(r["n_selected"], 0), _fmt(r["selected_conflict_fraction"], 2),
+                     f"{_fmt(r['selected_chosen_longer'], 2)} ({_fmt(r['selected_word_difference'], 0)})",
                      _fmt(r["lc_win_rate"]), _fmt(r["win_rate"])]
             if implicit:
                 d = r.get("implicit_vs_random")
@@ -336,6 +350,7 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
             for k in ("selected_pd_ratings_mean", "selected_conflict_fraction", "selected_with_ratings_pd"):
                 done.pop(k, None)
             done.update(_true_conflict(done["selected"], scores.get((u["pool"], u["seed"]))))
+            done.update(_length_profile(done["selected"]))
         results.append(done)
     rows = aggregate(cfg, results)
     models = ev.get("eval_models") or {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 PROFILES = ("demo", "helpsteer2", "tiny")  # configs/pipeline/<name>.yaml; tests/test_dags.py checks
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "all", "raf", "ova", "avg")
+STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
 ON_WEAK = ("warn", "fallback_ratings", "fail")
 FORMATS = ("helpsteer2-aspects", "rated-responses", "ultrafeedback", "pku-saferlhf", "trl",
            "generic", "synthetic")
