@@ -258,6 +258,43 @@ CONFLICT_CONFIGS = {
 }
 
 
+# Fine-tuned proxies (RewardModelConfig overrides, mode finetune): the sequence classifier trained
+# per aspect on the split's pool, as the reward-model stage's finetune mode trains it
+_FT = {"backbone": "minilm-l6", "mode": "finetune", "max_length": 256, "max_prompt_length": 96,
+       "batch_size": 16, "epochs": 2}
+FINETUNE_CONFIGS = {
+    "minilm fine-tuned, all 6 blocks (lr 3e-5)": {**_FT, "lr": 3e-5},
+    "minilm fine-tuned, top 2 blocks (lr 1e-4)": {**_FT, "finetune_layers": 2, "lr": 1e-4},
+    "minilm LoRA r 8 + head (lr 5e-4)": {**_FT, "lora_r": 8, "lr": 5e-4},
+}
+
+
+def finetune(cfg_name: str, pool, held, seed: int, aspects: list[str]) -> dict:
+    """Per-aspect held-out accuracy of a fine-tuned classifier per aspect, and its seconds
+    (training + scoring the held-out pairs, cold: no cache serves a fine-tuned model)."""
+    import numpy as np
+
+    from fgpo_tasks.reward_models import RewardModelConfig
+    from fgpo_tasks.reward_models.training import (_pair_margin_classifier, _train_classifier,
+                                                   pairwise_accuracy, word_length)
+
+    cfg = RewardModelConfig(**FINETUNE_CONFIGS[cfg_name], seed=seed, device="cpu", compare_undebiased=False)
+    out, secs = {}, 0.0
+    for aspect in aspects:
+        tr = pool[pool["aspect"] == aspect].sort_values("pair_id").reset_index(drop=True)
+        ho = held[held["aspect"] == aspect].reset_index(drop=True)
+        lw, ll = word_length(tr["chosen"]), word_length(tr["rejected"])
+        t = time.perf_counter()
+        model, tok, _ = _train_classifier(tr, (lw - ll) / cfg.length_unit_words, lw >= ll, cfg, cfg.rho, cfg.tau)
+        out[aspect] = pairwise_accuracy(_pair_margin_classifier(model, tok, ho, cfg))
+        secs += time.perf_counter() - t
+        print(f"  {cfg_name} seed {seed} {aspect}: {out[aspect]:.3f} ({len(tr)} train / {len(ho)} held-out pairs, "
+              f"{secs:.0f} s so far)", flush=True)
+    out["mean"] = float(np.mean([out[a] for a in aspects]))
+    out["seconds"] = secs
+    return out
+
+
 def prefill(data: Path, cache: Path, configs: list[dict]) -> None:
     """One backbone pass per (backbone, caps) fills every (layer, pooling) the configs use."""
     from fgpo_tasks import contract
@@ -327,7 +364,11 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="HelpSteer2 pair directory (fgpo ingest output)")
     ap.add_argument("--work", default="work/bench-proxies", help="timings and results folder")
     ap.add_argument("--cache", default=None, help="embedding cache root (default <work>/embeddings)")
-    ap.add_argument("--phase", choices=["features", "heads", "all", "conflict"], default="all")
+    ap.add_argument("--phase", choices=["features", "heads", "all", "conflict", "finetune"], default="all")
+    ap.add_argument("--finetune", default=None, help="finetune phase: semicolon list of " + "; ".join(FINETUNE_CONFIGS)
+                    + " (none: re-render the table)")
+    ap.add_argument("--baseline", default="minilm block 4 mean, MLP 128, 5-seed ensemble",
+                    help="finetune phase: the frozen candidate measured on the same splits beside them")
     ap.add_argument("--rated", default=None, help="conflict phase: the HelpSteer v1 pair directory "
                     "(fgpo ingest --format rated-responses)")
     ap.add_argument("--conflict", default=None, help="conflict phase: comma list of " + "; ".join(CONFLICT_CONFIGS))
@@ -377,8 +418,9 @@ def main() -> None:
             write_section("proxies-conflict", md)
             write_section("proxies-conflict", md, METHOD_CHOICES)
         return
-    from fgpo_tasks import contract
-
+    if args.phase == "finetune":
+        finetune_phase(args, cache)
+        return
     df = read(Path(args.data), args.prompt_fraction)
     texts_per_pair = len(texts(df)[0]) / len(df)
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
@@ -433,6 +475,62 @@ def main() -> None:
         markdown_table(["candidate"] + aspects + ["mean", "sd", "s/1k pairs"], rows), "",
         "Backbone passes (cold):", "", *embed_lines,
     ])
+    print(md)
+    if not args.no_write:
+        write_section(args.section, md)
+        write_section(args.section, md, METHOD_CHOICES)
+
+
+def finetune_phase(args, cache: Path) -> None:
+    """Fine-tuned candidates and the frozen ``--baseline`` on the same prompt-disjoint splits;
+    results accumulate in <work>/finetune.json; the table goes to section ``<--section>``."""
+    import numpy as np
+
+    work = Path(args.work)
+    res_file = work / "finetune.json"
+    results = json.loads(res_file.read_text()) if res_file.exists() else {}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    splits = {s: split(Path(args.data), s, args.holdout_fraction, args.prompt_fraction) for s in seeds}
+    aspects = sorted(splits[seeds[0]][0]["aspect"].unique())
+    names = [n for n in (args.finetune or "").split(";") if n]
+    for name in names:
+        if name not in FINETUNE_CONFIGS:
+            raise SystemExit(f"unknown fine-tune config {name!r}; known: {list(FINETUNE_CONFIGS)}")
+        runs = [finetune(name, *splits[s], s, aspects) for s in seeds]
+        results[name] = {"runs": runs, "seeds": seeds, "config": FINETUNE_CONFIGS[name],
+                         "n_pairs": int(np.mean([len(splits[s][0]) + len(splits[s][1]) for s in seeds]))}
+        res_file.write_text(json.dumps(results, indent=2))
+    if names and args.baseline:  # the frozen default on the same splits (features from --phase features)
+        cand = next(c for c in CANDIDATES if c.name == args.baseline)
+        t = time.perf_counter()
+        runs = [evaluate(cand, *splits[s], cache, s) for s in seeds]
+        timings = json.loads((work / "embed_timings.json").read_text())
+        df = read(Path(args.data), args.prompt_fraction)
+        embed_s = timings["minilm"]["seconds_per_text"] * len(texts(df)[0])
+        for r in runs:
+            r["seconds"] = r.pop("head_seconds") + embed_s
+        results[f"frozen baseline: {cand.name}"] = {"runs": runs, "seeds": seeds, "n_pairs": len(df)}
+        res_file.write_text(json.dumps(results, indent=2))
+        print(f"baseline {time.perf_counter() - t:.0f} s", flush=True)
+    rows = []
+    for name, r in results.items():
+        acc = {a: float(np.mean([run[a] for run in r["runs"]])) for a in aspects}
+        mean = float(np.mean([run["mean"] for run in r["runs"]]))
+        s1k = 1000 * float(np.mean([run["seconds"] for run in r["runs"]])) / r["n_pairs"]
+        rows.append([name] + [round(acc[a], 3) for a in aspects] + [f"**{mean:.3f}**",
+                    ",".join(map(str, r["seeds"])), round(s1k, 1)])
+    n = splits[seeds[0]]
+    md = "\n".join([
+        f"## Fine-tuned MiniLM proxies vs the frozen default (HelpSteer2, prompt-disjoint held-out split)", "",
+        f"`.venv/bin/python benchmarks/bench_proxies.py --data DIR --phase finetune --finetune 'NAME;NAME' "
+        f"--seeds {args.seeds} --holdout-fraction {args.holdout_fraction} --prompt-fraction {args.prompt_fraction}` "
+        "(after `--phase features --backbones minilm` at the same prompt fraction, for the baseline)  ",
+        f"Machine: {machine()} (shared with other jobs). Split seed {seeds[0]}: {len(n[0])} training / "
+        f"{len(n[1])} held-out pairs over 5 aspects, no held-out prompt trained on. One classifier per "
+        "aspect (`mode: finetune`, 2 epochs, batch 16, 256 tokens, rho 0.5). s/1k pairs: training + "
+        "scoring the held-out pairs, all aspects, per 1,000 pairs of the split (the frozen row: one "
+        "backbone pass per text, cold, + heads).", "",
+        markdown_table(["candidate"] + aspects + ["mean", "split seeds", "s/1k pairs"], rows)])
     print(md)
     if not args.no_write:
         write_section(args.section, md)

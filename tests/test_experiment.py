@@ -131,6 +131,15 @@ def test_results_table_has_every_arm(ran):
     assert table["arm"].tolist() == ["pd", "dfpo", "all"] and table["seeds"].tolist() == [1, 1, 1]
     assert table["lc_win_rate.mean"].between(0, 1).all()
     assert (root / "results.png").stat().st_size > 10_000
+    # the length profile of a selection: 'all' keeps the pool, so it has the pool's own
+    from fgpo_tasks import contract
+
+    pool = contract.read_pairs(json.loads((root / "pools" / "c20" / "seed0" / "step.json").read_text())["data"])
+    d = pool["chosen"].str.split().str.len() - pool["rejected"].str.split().str.len()
+    row = table.set_index("arm").loc["all"]
+    assert row["selected_chosen_longer.mean"] == pytest.approx((d > 0).mean())
+    assert row["selected_word_difference.mean"] == pytest.approx(d.mean())
+    assert f"| {(d > 0).mean():.2f} ({d.mean():.0f}) |" in next(r for r in rows if r.startswith("| all "))
 
 
 def test_each_arm_is_an_mlflow_run_tagged_with_its_strategy(ran):

@@ -210,3 +210,66 @@ def test_cli_default_is_the_documented_cpu_default():
     assert to_dict(load_config(RewardModelConfig, yaml_file)) == to_dict(default)
     assert RewardModelConfig(backbone="tiny-bert").layer is None
     assert RewardModelConfig(mode="finetune").layer is None
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("spec", ["tiny-bert", "tiny-llama"])
+def test_finetune_top_layers_trains_only_the_top_blocks_and_the_head(toy, spec):
+    """finetune_layers=1: the embeddings and block 1 keep their loaded weights; block 2 and the
+    head move; the trained classifier ranks the toy world's politeness pairs."""
+    from fgpo_tasks.models import load_sequence_classifier
+    from fgpo_tasks.reward_models.training import _pair_margin_classifier, _train_classifier, pairwise_accuracy
+
+    cfg = RewardModelConfig(backbone=spec, mode="finetune", finetune_layers=1, lr=3e-3, epochs=2,
+                            batch_size=16, max_length=64, max_prompt_length=16, compare_undebiased=False)
+    df = contract.read_pairs(toy / "data")
+    rows = df[df["aspect"] == "politeness"].sort_values("pair_id").reset_index(drop=True)
+    train, held = rows.iloc[:200].reset_index(drop=True), rows.iloc[200:].reset_index(drop=True)
+    dlen = np.zeros(len(train))
+    before = _state(load_sequence_classifier(spec))
+    model, tok, curve = _train_classifier(train, dlen, dlen >= 0, cfg, 0.0, None)
+    after = _state(model)
+    blocks, path = transformer_blocks(model.base_model)
+    prefix = model.base_model_prefix + "." + path
+    moved = {k for k in before if not np.allclose(before[k].float().numpy(), after[k].float().numpy())}
+    assert moved, "nothing trained"
+    assert all(f"{prefix}.1." in k or not k.startswith(model.base_model_prefix + ".")
+               or "norm" in k.lower() or "pooler" in k for k in moved), sorted(moved)
+    assert any(f"{prefix}.1." in k for k in moved) and any(not k.startswith(model.base_model_prefix + ".") for k in moved)
+    assert not any(f"{prefix}.0." in k or "embed" in k for k in moved)
+    assert pairwise_accuracy(_pair_margin_classifier(model, tok, held, cfg)) > 0.6
+
+
+def test_finetune_lora_merges_into_a_plain_classifier(toy, created_at):
+    """lora_r=4: peft adapters train, the saved model is a plain sequence classifier (no peft
+    needed to load it) whose weights differ from the backbone's, and it ranks the toy pairs."""
+    from fgpo_tasks.models import load_sequence_classifier
+
+    cfg = RewardModelConfig(backbone="tiny-bert", mode="finetune", lora_r=4, lr=3e-3, epochs=2,
+                            batch_size=16, heldout_fraction=0.3, max_length=64, max_prompt_length=16,
+                            compare_undebiased=False)
+    m = run_reward_model(toy / "data", "politeness", toy / "rm-lora", cfg, created_at)
+    saved = toy / "rm-lora" / "politeness" / "model"
+    assert not (saved / "adapter_config.json").exists()
+    loaded = load_sequence_classifier(str(saved))
+    assert type(loaded).__name__.endswith("ForSequenceClassification")
+    base, tuned = _state(load_sequence_classifier("tiny-bert")), _state(loaded)
+    q = next(k for k in base if k.endswith("attention.self.query.weight"))
+    k_ = next(k for k in base if k.endswith("attention.self.key.weight"))
+    assert not np.allclose(base[q].numpy(), tuned[q].numpy())   # LoRA target: merged delta
+    np.testing.assert_allclose(base[k_].numpy(), tuned[k_].numpy())  # not a target: untouched
+    assert m["heldout_accuracy"] > 0.6
+    v = load_scorer(toy / "rm-lora" / "politeness", progress=False)(PROMPTS, RESPONSES)
+    assert v.shape == (3,) and np.isfinite(v).all()
+
+
+def test_finetune_options_are_checked():
+    with pytest.raises(ConfigError, match="apply to mode 'finetune' only"):
+        RewardModelConfig(finetune_layers=2)
+    with pytest.raises(ConfigError, match="choose one of finetune_layers and lora_r"):
+        RewardModelConfig(mode="finetune", finetune_layers=2, lora_r=4)
+    with pytest.raises(ConfigError, match="lora_r must be >= 0"):
+        RewardModelConfig(mode="finetune", lora_r=-1)

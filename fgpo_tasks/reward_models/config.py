@@ -62,6 +62,13 @@ class RewardModelConfig:
     mode: Literal["frozen", "finetune"] = field(default="frozen", metadata={
         "help": "frozen: embed once with a frozen backbone, train a head per aspect (fast); "
                 "finetune: train the whole sequence classifier per aspect (the paper's)"})
+    finetune_layers: int | None = field(default=None, metadata={
+        "help": "finetune: train only the top N transformer blocks (and the final norm, pooler and "
+                "head above them); null = every block"})
+    lora_r: int = field(default=0, metadata={
+        "help": "finetune: > 0 trains LoRA adapters of this rank (peft, alpha = 2r) on every block's "
+                "attention projections plus the whole head, merged into the weights when saved; "
+                "0 = no LoRA"})
     p_r: float = field(default=1.0, metadata={
         "help": "fraction of D_k's training part (what the held-out split leaves) used to train r_k"})
     heldout_fraction: float = field(default=0.2, metadata={
@@ -125,6 +132,13 @@ class RewardModelConfig:
             self.epochs = 30 if self.mode == "frozen" else 1
         check(self.mode in ("frozen", "finetune"),
               f"mode must be 'frozen' or 'finetune', got {self.mode!r}")
+        check(self.finetune_layers is None or self.finetune_layers >= 1,
+              f"finetune_layers must be >= 1 or null, got {self.finetune_layers}")
+        check(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
+        check(self.mode == "finetune" or (self.finetune_layers is None and not self.lora_r),
+              "finetune_layers and lora_r apply to mode 'finetune' only")
+        check(not (self.lora_r and self.finetune_layers is not None),
+              "choose one of finetune_layers and lora_r")
         check(0.0 < self.p_r <= 1.0, f"p_r must be in (0, 1], got {self.p_r}")
         check(0.0 <= self.heldout_fraction < 1.0,
               f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")

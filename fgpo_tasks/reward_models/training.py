@@ -21,7 +21,8 @@ from fgpo_tasks.errors import InputError
 from fgpo_tasks.provenance import code_version, sha256_hex, stable_json
 from fgpo_tasks.reward_models.config import (MODEL_FILE, UNIFIED, RewardModelConfig, default_cache_root,
                                              resolve_device, weight_fields, weights_dtype)
-from fgpo_tasks.reward_models.embeddings import _collate, backbone_fingerprint, encode_texts, get_embedder
+from fgpo_tasks.reward_models.embeddings import (_collate, backbone_fingerprint, encode_texts, get_embedder,
+                                                 transformer_blocks)
 from fgpo_tasks.reward_models.loading import _make_head, _score_classifier, discover_models
 from fgpo_tasks.storage import atomic_dir
 
@@ -219,6 +220,28 @@ def _head_margin(head, ew: np.ndarray, el: np.ndarray) -> np.ndarray:
 
 
 
+def trainable(model, cfg: RewardModelConfig):
+    """What finetune mode trains. ``lora_r``: LoRA adapters on every block's attention plus the
+    whole head (peft's SEQ_CLS task); ``finetune_layers``: the top N blocks, the norms and pooler
+    outside the blocks and the head, the embeddings and lower blocks frozen; else everything."""
+    if cfg.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                lora_dropout=0.0))
+    if cfg.finetune_layers is None:
+        return model
+    blocks = list(transformer_blocks(model.base_model)[0])
+    top = {id(p) for b in blocks[max(0, len(blocks) - cfg.finetune_layers):] for p in b.parameters()}
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    base = {id(p) for p in model.base_model.parameters()}
+    for name, p in model.named_parameters():
+        low = name.lower()
+        above = id(p) not in in_blocks and "embed" not in low and any(k in low for k in ("norm", "pooler", "ln_f"))
+        p.requires_grad_(id(p) in top or id(p) not in base or above)
+    return model
+
+
 def _train_classifier(rows: pd.DataFrame, dlen: np.ndarray, longer: np.ndarray,
                       cfg: RewardModelConfig, rho: float, tau: float | None, eval_fn=None):
     """Finetune mode: train the whole sequence classifier; returns (model, tokenizer, curve)."""
@@ -230,12 +253,14 @@ def _train_classifier(rows: pd.DataFrame, dlen: np.ndarray, longer: np.ndarray,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tok = load_tokenizer(cfg.backbone)
-    model = load_sequence_classifier(cfg.backbone, dtype=weights_dtype(cfg.dtype, cfg.device, "finetune"))
+    model = trainable(load_sequence_classifier(cfg.backbone, dtype=weights_dtype(cfg.dtype, cfg.device, "finetune")),
+                      cfg)
     prompts = rows["prompt"].tolist()
     fw = encode_texts(tok, prompts, rows["chosen"].tolist(), cfg.max_length, cfg.max_prompt_length)
     fl = encode_texts(tok, prompts, rows["rejected"].tolist(), cfg.max_length, cfg.max_prompt_length)
     acc = _accelerator(cfg.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
     curve = []
     for epoch in range(cfg.epochs):
@@ -258,7 +283,10 @@ def _train_classifier(rows: pd.DataFrame, dlen: np.ndarray, longer: np.ndarray,
         if eval_fn is not None:
             point.update(eval_fn(acc.unwrap_model(model), tok))
         curve.append(point)
-    return acc.unwrap_model(model).cpu().eval(), tok, curve
+    model = acc.unwrap_model(model)
+    if cfg.lora_r:  # a plain sequence classifier again: scoring and loading need no peft
+        model = model.merge_and_unload()
+    return model.cpu().eval(), tok, curve
 
 
 

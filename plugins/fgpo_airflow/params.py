@@ -52,7 +52,8 @@ def retrain_params() -> dict[str, Param]:
         "strategy": Param(
             None, type=_nullable("string"), enum=[None, *STRATEGIES], title="Selection strategy",
             description="pd: preference divergence from proxy reward models (the method); "
-                        "pd_ratings: PD from the ratings; pd_high / pd_mid: ablations; random, all, "
+                        "pd_ratings: PD from the ratings; pd_high / pd_mid: ablations; random_length: "
+                        "random with pd's length profile (a control); random, all, "
                         "raf, ova, avg: baselines. null: the profile's.",
             section=_SELECT),
         "budget": Param(
