@@ -208,7 +208,8 @@ def tiny_rated_config(tmp, policy: str, keep_models: bool = False) -> Experiment
         "pools": [{"name": "rated", "source": [str(_rated_responses(tmp / "data"))], "format": ["rated-responses"],
                    "seed_data": False}],
         "arms": [{"name": "all", "strategy": "all"}, {"name": "random", "strategy": "random"},
-                 {"name": "pd", "strategy": "pd"}, {"name": "pd_ratings", "strategy": "pd_ratings"}],
+                 {"name": "pd", "strategy": "pd"}, {"name": "random_length", "strategy": "random_length"},
+                 {"name": "pd_ratings", "strategy": "pd_ratings"}],
         "stages": {
             "validate": {"min_pairs_per_aspect": 3, "data_docs": False},
             "reward_models": {"backbone": "tiny-bert", "max_length": 64, "max_prompt_length": 24, "epochs": 2,
@@ -273,26 +274,33 @@ def test_held_out_pairs_are_prompt_disjoint_from_every_training_pool(ran):
 def test_every_arm_reports_the_implicit_reward_accuracy_beside_its_win_rate(ran):
     from mlflow import MlflowClient
 
-    assert ran["summary"]["arms_run"] == 4
+    assert ran["summary"]["arms_run"] == 5
     md = (ran["root"] / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| arm |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols.index("implicit acc") == cols.index("win rate") + 1
     assert "implicit acc − random [CI]" in cols
     table = pd.read_csv(ran["root"] / "results.csv")
-    assert table["arm"].tolist() == ["all", "random", "pd", "pd_ratings"]
+    assert table["arm"].tolist() == ["all", "random", "pd", "random_length", "pd_ratings"]
     rnd = _arm(ran, "random")["implicit_reward"]["accuracy"]
-    for name in ("all", "pd", "pd_ratings"):
+    for name in ("all", "pd", "random_length", "pd_ratings"):
         row = table[table["arm"] == name].iloc[0]
         assert row["implicit_vs_random"] == pytest.approx(_arm(ran, name)["implicit_reward"]["accuracy"] - rnd)
         assert row["implicit_vs_random.low"] <= row["implicit_vs_random"] <= row["implicit_vs_random.high"]
+    # PD against its length-matched control, in the table and said in the report
+    pd_row = table[table["arm"] == "pd"].iloc[0]
+    vs = _arm(ran, "pd")["implicit_reward"]["accuracy"] - _arm(ran, "random_length")["implicit_reward"]["accuracy"]
+    assert pd_row["implicit_vs_random_length"] == pytest.approx(vs)
+    assert pd_row["implicit_vs_random_length.low"] <= vs <= pd_row["implicit_vs_random_length.high"]
+    assert table[table["arm"] != "pd"]["implicit_vs_random_length"].isna().all()
+    assert "Implicit acc of pd − random_length" in md and f"{vs:+.3f}" in md
     assert table["implicit_accuracy.mean"].between(0, 1).all()
     assert (table["implicit_ci.low"] <= table["implicit_accuracy.mean"]).all()
     assert (table["implicit_accuracy.mean"] <= table["implicit_ci.high"]).all()
     client = MlflowClient(ran["cfg"].tracking_uri)
     exp = client.get_experiment_by_name("test-outcome")
     runs = client.search_runs([exp.experiment_id], "tags.`fgpo.role` = 'arm'")
-    assert {r.data.tags["fgpo.arm"] for r in runs} == {"all", "random", "pd", "pd_ratings"}
+    assert {r.data.tags["fgpo.arm"] for r in runs} == {"all", "random", "pd", "random_length", "pd_ratings"}
     for r in runs:
         arm = _arm(ran, r.data.tags["fgpo.arm"])
         ir = arm["implicit_reward"]
@@ -319,7 +327,7 @@ def test_the_reference_is_the_starting_policy_and_matches_the_dpo_code(ran):
 
 
 def test_a_rerun_computes_nothing_even_with_the_weights_dropped(ran):
-    assert ran["rerun_computed"] == [] and ran["again"]["arms_run"] == 4
+    assert ran["rerun_computed"] == [] and ran["again"]["arms_run"] == 5
     arm = _arm(ran, "all")
     assert arm["weights_dropped"] == "dropped" and not list(Path(arm["model"]).glob("*.safetensors"))
     # the formula the resume check uses gives the evaluate stage's real key

@@ -151,6 +151,13 @@ def aggregate(cfg: ExperimentConfig, arm_results: list[dict]) -> list[dict]:
             for r in rows:
                 if r["pool"] == pool.name and "_done" in r and base is not None and r is not base:
                     r["implicit_vs_random"] = implicit_difference(cfg, r["_done"], base["_done"])
+            # PD minus its length-matched control: what PD adds beyond "keep longer-chosen pairs"
+            matched = next((r for r in rows if r["pool"] == pool.name and r.get("strategy") == "random_length"
+                            and r.get("loss_type") == "sigmoid" and "_done" in r), None)
+            for r in rows:
+                if (r["pool"] == pool.name and "_done" in r and matched is not None
+                        and r.get("strategy") == "pd" and r.get("loss_type") == "sigmoid"):
+                    r["implicit_vs_random_length"] = implicit_difference(cfg, r["_done"], matched["_done"])
     for r in rows:
         r.pop("_done", None)
     return rows
@@ -265,6 +272,11 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], meta: dict) -> str:
             cells += [_fmt(r[f"{a}.reward_delta"]) for a in aspects]
             cells += [_fmt(r["selection_s"], 1), _fmt(r["training_s"], 1), _fmt(r["cost_vs_all"], 2)]
             lines.append("| " + " | ".join(cells) + " |")
+        for r in prow:
+            d = r.get("implicit_vs_random_length")
+            if d and math.isfinite(d[0]):
+                lines += ["", f"Implicit acc of {r['arm']} − random_length (a random subset with PD's length "
+                              f"profile; paired, over the seeds both finished): {d[0]:+.3f} {_fmt_ci(d[1:])}."]
         acted = [f"{r['arm']} {r['confidence_action']}" for r in prow
                  if r.get("confidence_action") not in (None, "none")]
         if acted:  # on_weak_proxies: warn | fallback_ratings | fail (fgpo_tasks.confidence.decide)
@@ -380,11 +392,13 @@ def report(cfg: ExperimentConfig, key: str, created_at: str) -> dict:
         keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, tuple)})
         w.writerow(["pool", "arm", "strategy", "loss_type", "seeds"] + [f"{k}.{s}" for k in keys for s in ("mean", "sd")]
                    + ["implicit_ci.low", "implicit_ci.high", "implicit_vs_random", "implicit_vs_random.low",
-                      "implicit_vs_random.high"])
+                      "implicit_vs_random.high", "implicit_vs_random_length", "implicit_vs_random_length.low",
+                      "implicit_vs_random_length.high"])
         for r in rows:
             w.writerow([r["pool"], r["arm"], r["strategy"], r["loss_type"], r["seeds"]]
                        + [x for k in keys for x in (r.get(k) or (None, None))] + list(r.get("implicit_ci") or (None, None))
-                       + list(r.get("implicit_vs_random") or (None, None, None)))
+                       + list(r.get("implicit_vs_random") or (None, None, None))
+                       + list(r.get("implicit_vs_random_length") or (None, None, None)))
     plot(cfg, rows, root / "results.png")
     _log_report(cfg, key, root)
     return {"out_dir": str(root), "results_md": str(root / "results.md"), "plot": str(root / "results.png"),
