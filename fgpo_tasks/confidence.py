@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from fgpo_tasks.choices import ON_WEAK
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import FgpoError
 
 REPORT_FILE = "selection_confidence.json"
 VERDICTS = ("ok", "weak", "none")
-ON_WEAK = ("warn", "fallback_ratings", "fail")
 # strategies that rank by PD from the proxies: the ones the verdict is about
 PROXY_PD_STRATEGIES = ("pd", "pd_high", "pd_mid")
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fgpo_tasks.choices import ON_WEAK, STRATEGIES
 from fgpo_tasks.config import check, from_dict, read_yaml
 from fgpo_tasks.errors import ConfigError
 from fgpo_tasks.storage import commit_step, safe_name, step_result
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(os.environ.get("FGPO_PROFILES_DIR", REPO / "configs" / "pipeline"))
 STAGES = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate", "eval_reward_models")
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
-ON_WEAK = ("warn", "fallback_ratings", "fail")  # fgpo_tasks.confidence.ON_WEAK
 
 
 @dataclass

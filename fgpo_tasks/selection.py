@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from fgpo_tasks import contract
+from fgpo_tasks.choices import STRATEGIES
 from fgpo_tasks.config import check, to_dict
 from fgpo_tasks.errors import ConfigError, InputError
 from fgpo_tasks.provenance import code_version, sha256_hex
@@ -25,7 +26,6 @@ from fgpo_tasks.storage import atomic_dir
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
 FULL_DATA = ("all", "ova", "avg")
 # need only the pair ids of the pool (raf: and its texts, read chunk by chunk from Arrow)
 RANKING = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-HELP = "select the training subset by PD or a baseline strategy"
+from fgpo_tasks.choices import STRATEGIES
 
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
+HELP = "select the training subset by PD or a baseline strategy"
 
 
 def add_arguments(p) -> None:

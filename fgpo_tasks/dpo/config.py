@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fgpo_tasks.choices import LOSS_TYPES
 from fgpo_tasks.config import check
-LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "dfpo")
 DFPO_PD = ("raw", "scaled")
 SCHEDULERS = ("cosine", "linear", "constant")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fgpo_tasks.choices import LOSS_TYPES, STRATEGIES
 from fgpo_tasks.config import check, from_dict, read_yaml, to_dict
 from fgpo_tasks.errors import ConfigError, FgpoError
 from fgpo_tasks.provenance import sha256_hex, stable_json
@@ -15,8 +16,6 @@ from fgpo_tasks.storage import commit_step, safe_name, step_result
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent.parent
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
-LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "dfpo")
 STAGE_SECTIONS = ("ingest", "validate", "reward_models", "score", "select", "dpo", "evaluate",
                   "eval_reward_models")
 ROLE_TAG = "fgpo.role"

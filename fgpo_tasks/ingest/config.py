@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fgpo_tasks.choices import FORMATS
 from fgpo_tasks.config import check
 
-FORMATS = ("helpsteer2-aspects", "rated-responses", "ultrafeedback", "pku-saferlhf", "trl",
-           "generic", "synthetic")
 COLUMN_KEYS = ("prompt", "chosen", "rejected", "ratings_chosen", "ratings_rejected")
 
 

@@ -2,19 +2,17 @@
 
 Every knob but ``profile`` defaults to null, meaning "the profile's value"
 (configs/pipeline/<profile>.yaml); a value set in the form overrides the profile.
-The enums repeat fgpo_tasks' lists (importing those modules at parse time would load pandas);
-tests/test_dags.py checks that they agree.
+The enums are fgpo_tasks.choices, the lists the configs and the CLI check against
+(a dependency-free module: parsing the DAG loads no pandas or torch).
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param
 
+from fgpo_tasks.choices import FORMATS, ON_WEAK, STRATEGIES
+
 PROFILES = ("demo", "helpsteer2", "tiny")  # configs/pipeline/<name>.yaml; tests/test_dags.py checks
-STRATEGIES = ("pd", "pd_ratings", "pd_high", "pd_mid", "random", "random_length", "all", "raf", "ova", "avg")
-ON_WEAK = ("warn", "fallback_ratings", "fail")
-FORMATS = ("helpsteer2-aspects", "rated-responses", "ultrafeedback", "pku-saferlhf", "trl",
-           "generic", "synthetic")
 
 _DATA, _SELECT, _MODELS, _GATE = "Data", "Selection", "Models and training", "Promotion gate"
 
